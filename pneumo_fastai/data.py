@@ -1,8 +1,8 @@
 """Dataset discovery, patient-aware seeded splitting, and the fastai `DataBlock`.
 
-    from pneumo_fastai.data import discover, build_dataloaders
-    ds = discover("../shared/data/chest_xray")
-    dls = build_dataloaders(ds.files, TrainConfig(data=ds.root))
+from pneumo_fastai.data import discover, build_dataloaders
+ds = discover("../shared/data/chest_xray")
+dls = build_dataloaders(ds.files, TrainConfig(data=ds.root))
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
@@ -221,7 +222,7 @@ def fingerprint(files: Sequence[Path], root: Path) -> str:
 class XrayImage(PILImage):
     """A chest X-ray as fastai's 3-channel image type, shown in gray."""
 
-    _show_args = {"cmap": "gray"}
+    _show_args: ClassVar[dict[str, str]] = {"cmap": "gray"}
 
 
 class LoadXray(Transform):
@@ -243,7 +244,7 @@ def xray_block(draft: int | None = None) -> TransformBlock:
 
 def item_transforms(config: TrainConfig) -> list:
     """Per-image transforms: squash to `size` x `size` (the whole field of view is kept)."""
-    return [Resize(config.size, method=ResizeMethod.Squash)]
+    return [Resize(config.size, method=ResizeMethod.Squish)]
 
 
 def batch_transforms(config: TrainConfig) -> list:

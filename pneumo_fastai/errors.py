@@ -7,6 +7,12 @@ class PneumoError(Exception):
     exit_code: int = 2
 
 
+class Aborted(PneumoError):
+    """The user aborted the run (a second Ctrl-C); nothing half-done was written."""
+
+    exit_code = 130
+
+
 class DataError(PneumoError):
     """The dataset folder, its layout, or one of its images is unusable."""
 

@@ -1,0 +1,123 @@
+"""ResNet34 body + the custom head, the three parameter groups, and the `Learner`.
+
+Parameter groups are [stem..layer3], [layer4], [head]: "frozen up to layer4" freezes group 0
+only (fastai's own ResNet split would put layer3 with layer4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import sklearn.metrics as skm
+import torch
+from fastai.data.core import DataLoaders
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import AccumMetric, ActivationType, accuracy
+from fastai.torch_core import params
+from fastai.vision.learner import create_vision_model, vision_learner
+from torch import nn
+from torchvision.models import resnet34
+
+from .config import TrainConfig
+from .weights import load_body_weights
+
+RESNET34_FEATURES = 512
+STEM_TO_LAYER3 = 7  # children of the fastai ResNet body before layer4
+
+
+def xray_head(
+    n_features: int = RESNET34_FEATURES,  # channels out of the body
+    hidden: int = 256,  # hidden width
+    n_out: int = 2,  # classes
+    p_in: float = 0.5,  # dropout before the hidden layer
+    p_hidden: float = 0.25,  # dropout before the output layer
+) -> nn.Sequential:
+    """Average pool -> Dropout -> Linear -> ReLU -> Dropout -> Linear."""
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(p_in),
+        nn.Linear(n_features, hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(p_hidden),
+        nn.Linear(hidden, n_out),
+    )
+
+
+def layer4_splitter(model: nn.Module) -> list:
+    """Parameter groups [stem..layer3], [layer4], [head]."""
+    body, head = model[0], model[1]
+    return [params(body[:STEM_TO_LAYER3]), params(body[STEM_TO_LAYER3:]), params(head)]
+
+
+def build_model(config: TrainConfig, n_out: int = 2) -> nn.Sequential:
+    """The randomly initialised ResNet34 + head network, as `nn.Sequential(body, head)`."""
+    head = xray_head(
+        RESNET34_FEATURES, config.hidden, n_out, config.dropout_in, config.dropout_hidden
+    )
+    return create_vision_model(resnet34, n_out, pretrained=False, custom_head=head)
+
+
+def _recall_normal(y_true, y_pred) -> float:
+    return skm.recall_score(y_true, y_pred, pos_label=0, zero_division=0)
+
+
+def _recall_pneumonia(y_true, y_pred) -> float:
+    return skm.recall_score(y_true, y_pred, pos_label=1, zero_division=0)
+
+
+def _f1_pneumonia(y_true, y_pred) -> float:
+    return skm.f1_score(y_true, y_pred, pos_label=1, zero_division=0)
+
+
+def _roc_auc(y_true, y_score) -> float:
+    if len(np.unique(y_true)) < 2:
+        return float("nan")
+    return skm.roc_auc_score(y_true, y_score)
+
+
+def learner_metrics() -> list:
+    """Metrics shown each epoch: accuracy, recall per class, F1 (PNEUMONIA), ROC AUC."""
+    argmax = dict(dim_argmax=-1, to_np=True, invert_arg=True)
+    return [
+        accuracy,
+        AccumMetric(_recall_normal, name="recall_normal", **argmax),
+        AccumMetric(_recall_pneumonia, name="recall_pneumonia", **argmax),
+        AccumMetric(_f1_pneumonia, name="f1", **argmax),
+        AccumMetric(_roc_auc, name="roc_auc", activation=ActivationType.BinarySoftmax, **argmax),
+    ]
+
+
+def build_loss(config: TrainConfig, class_weight: np.ndarray | None) -> CrossEntropyLossFlat:
+    """Cross-entropy with the config's label smoothing and optional class weights."""
+    weight = None if class_weight is None else torch.tensor(class_weight, dtype=torch.float32)
+    return CrossEntropyLossFlat(weight=weight, label_smoothing=config.label_smoothing)
+
+
+def build_learner(
+    dls: DataLoaders,
+    config: TrainConfig,
+    imagenet_state: Mapping[str, torch.Tensor] | None = None,  # torchvision ResNet34 weights
+    class_weight: np.ndarray | None = None,  # loss weight per class, or None
+) -> Learner:
+    """`vision_learner` with the custom head and splitter; frozen up to layer4 when pretrained."""
+    head = xray_head(
+        RESNET34_FEATURES, config.hidden, dls.c, config.dropout_in, config.dropout_hidden
+    )
+    learn = vision_learner(
+        dls,
+        resnet34,
+        normalize=False,  # our batch transforms always normalise with ImageNet statistics
+        pretrained=False,  # weights come from `imagenet_state`, loaded below
+        custom_head=head,
+        splitter=layer4_splitter,
+        loss_func=build_loss(config, class_weight),
+        metrics=learner_metrics(),
+        wd=config.wd,
+    )
+    if imagenet_state is not None:
+        load_body_weights(learn.model[0], imagenet_state)
+        learn.freeze_to(1)
+    return learn

@@ -1,0 +1,267 @@
+"""`train(config) -> TrainResult`: data, learner, one-cycle fit with early stopping, export.
+
+from pneumo_fastai import TrainConfig, train
+result = train(TrainConfig(data="../shared/data/chest_xray", epochs=3, pretrained=False))
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import fastai.callback.schedule  # noqa: F401 - adds Learner.fit_one_cycle
+import numpy as np
+import torch
+from fastai.callback.progress import CSVLogger, ProgressCallback
+from fastai.callback.tracker import EarlyStoppingCallback
+from fastai.learner import Learner
+from fastai.torch_core import set_seed
+
+from .callbacks import GracefulStop, SaveBestModel, stop_on_signals
+from .config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, TrainConfig
+from .data import (
+    DatasetFiles,
+    build_dataloaders,
+    discover,
+    find_unreadable,
+    fingerprint,
+    label_of,
+    limit_per_class,
+)
+from .errors import DataError, PneumoError
+from .export import CARD_SCHEMA_VERSION, ExportPaths, library_versions, write_export
+from .metrics import binary_metrics, choose_threshold
+from .model import build_learner
+from .sampling import BalancedSamplingCallback, class_weights, train_labels
+from .weights import imagenet_state_dict
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced."""
+
+    paths: ExportPaths  # the export files
+    card: dict[str, Any]  # the model card as written
+    learner: Learner  # the trained learner, best weights restored
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when available, else CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise PneumoError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PneumoError(
+            f"Device {name!r} asked for, but no CUDA GPU is visible; use --device cpu."
+        )
+    return device
+
+
+def training_files(config: TrainConfig, log: Log) -> tuple[DatasetFiles, list[Path]]:
+    """Discover, sanity-check and optionally subsample the training images."""
+    if config.data is None:
+        raise DataError("No dataset given: pass --data PATH or set PNEUMO_DATA.")
+    ds = discover(config.data)
+    if ds.skipped:
+        shown = ", ".join(p.name for p in ds.skipped[:5])
+        log(f"Skipping {len(ds.skipped)} non-image file(s) in the class folders: {shown}")
+    bad = find_unreadable(ds.files)
+    if bad:
+        listed = "; ".join(f"{p} ({why})" for p, why in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise DataError(
+            f"{len(bad)} image(s) cannot be read: {listed}{more}. Remove or replace them "
+            "(`pneumo-fastai data check PATH` lists every problem), then train again."
+        )
+    files = list(ds.files)
+    if config.limit is not None:
+        files = limit_per_class(files, config.limit, config.seed)
+    return ds, files
+
+
+def _class_counts(files: list[Path]) -> dict[str, int]:
+    labels = [label_of(f) for f in files]
+    return {c: labels.count(c) for c in CLASSES}
+
+
+def _finite(d: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def validation_figures(learn: Learner, target_sensitivity: float) -> dict[str, Any]:
+    """Validation metrics at argmax and at the threshold chosen on the validation split."""
+    probs, targs = learn.get_preds(ds_idx=1)
+    y, p = targs.numpy().astype(int), probs[:, 1].numpy().astype(np.float64)
+    threshold = choose_threshold(y, p, target_sensitivity)
+    return {
+        "threshold": float(threshold),
+        "argmax": _finite(binary_metrics(y, p, 0.5)),
+        "at_threshold": _finite(binary_metrics(y, p, threshold)),
+        "probabilities": p.tolist(),
+    }
+
+
+def epoch_rows(learn: Learner) -> list[dict[str, float | None]]:
+    """The recorder's per-epoch losses and metrics (read before any `get_preds` resets it)."""
+    names = learn.recorder.metric_names[1:-1]
+    return [_finite(dict(zip(names, map(float, v), strict=True))) for v in learn.recorder.values]
+
+
+def build_card(
+    config: TrainConfig,
+    ds: DatasetFiles,
+    learn: Learner,
+    best: SaveBestModel,
+    stopper: GracefulStop,
+    balance: BalancedSamplingCallback | None,
+    rows: list[dict[str, float | None]],
+    figures: dict[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
+    """The JSON model card (the `files` section is added when writing)."""
+    train_files = list(learn.dls.train_ds.items)
+    valid_files = list(learn.dls.valid_ds.items)
+    epochs_run = len(rows)
+    best_epoch = best.best_epoch
+    return {
+        "schema_version": CARD_SCHEMA_VERSION,
+        "name": config.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "classes": list(CLASSES),
+        "positive_class": CLASSES[1],
+        "input": {
+            "size": config.size,
+            "resize": "squash",
+            "channels": 3,
+            "source": "8-bit grayscale copied to 3 channels",
+            "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        },
+        "architecture": {
+            "body": "resnet34",
+            "head": f"AdaptiveAvgPool -> Dropout({config.dropout_in}) -> "
+            f"Linear(512,{config.hidden}) -> ReLU -> Dropout({config.dropout_hidden}) -> "
+            f"Linear({config.hidden},2)",
+            "param_groups": ["stem..layer3", "layer4", "head"],
+            "frozen": "stem..layer3 (BatchNorm trains)" if config.pretrained else "nothing",
+        },
+        "config": config.to_dict(),
+        "data": {
+            "root": str(ds.root.resolve()),
+            "split_mode": config.split,
+            "seed": config.seed,
+            "valid_pct": config.valid_pct,
+            "n_train": len(train_files),
+            "n_valid": len(valid_files),
+            "train_counts": _class_counts(train_files),
+            "valid_counts": _class_counts(valid_files),
+            "train_fingerprint": fingerprint(train_files, ds.root),
+            "valid_fingerprint": fingerprint(valid_files, ds.root),
+            "skipped_files": len(ds.skipped),
+        },
+        "training": {
+            "device": str(learn.dls.device),
+            "epochs_run": epochs_run,
+            "best_epoch": best_epoch,
+            "stopped_early": stopper.stopped_at_epoch is None and epochs_run < config.epochs,
+            "interrupted": stopper.stopped_at_epoch is not None,
+            "interrupted_at_epoch": stopper.stopped_at_epoch,
+            "balanced_first_epoch_fractions": balance.first_epoch_fractions if balance else None,
+            "seconds": round(seconds, 1),
+        },
+        "validation": {
+            "best_epoch": rows[best_epoch],
+            "argmax": figures["argmax"],
+            "at_threshold": figures["at_threshold"],
+        },
+        "decision_threshold": {
+            "value": figures["threshold"],
+            "target_sensitivity": config.target_sensitivity,
+            "rule": "highest specificity with PNEUMONIA sensitivity >= target, on validation",
+        },
+        "versions": library_versions(),
+    }
+
+
+def _summary(card: dict[str, Any]) -> str:
+    v, t = card["validation"]["at_threshold"], card["decision_threshold"]["value"]
+    auc = v.get("roc_auc")
+    return (
+        f"best epoch {card['training']['best_epoch']} of {card['training']['epochs_run']}: "
+        f"valid accuracy {v['accuracy']:.3f}, sensitivity {v['sensitivity']:.3f}, "
+        f"specificity {v['specificity']:.3f} at threshold {t:.3f}"
+        + (f", ROC AUC {auc:.3f}" if auc is not None else "")
+    )
+
+
+def train(config: TrainConfig, *, progress: bool = True, log: Log = print) -> TrainResult:
+    """Train, restore the best epoch, choose the threshold on validation, and export."""
+    set_seed(config.seed, reproducible=True)
+    ds, files = training_files(config, log)
+    device = resolve_device(config.device)
+    imagenet = imagenet_state_dict(config.weights) if config.pretrained else None
+    dls = build_dataloaders(files, config, device=device)
+    loss_weight = class_weights(train_labels(dls), dls.c) if config.class_weighted_loss else None
+    learn = build_learner(dls, config, imagenet, loss_weight)
+    if not progress:
+        learn.remove_cb(ProgressCallback)
+    log(
+        f"Training on {len(dls.train_ds)} images, validating on {len(dls.valid_ds)} "
+        f"({config.split} split, seed {config.seed}) on {device}."
+    )
+
+    with tempfile.TemporaryDirectory(prefix="pneumo-train-") as work:
+        learn.path, learn.model_dir = Path(work), "."
+        best = SaveBestModel(monitor="valid_loss", fname="best")
+        stopper = GracefulStop()
+        balance = BalancedSamplingCallback(seed=config.seed) if config.balanced else None
+        cbs = [
+            EarlyStoppingCallback(monitor="valid_loss", patience=config.patience),
+            best,
+            CSVLogger(fname=Path(work) / "history.csv"),
+            stopper,
+            *([balance] if balance else []),
+        ]
+        lr = slice(config.lr / 10, config.lr) if config.pretrained else config.lr
+        start = time.perf_counter()
+        with stop_on_signals(stopper):
+            learn.fit_one_cycle(config.epochs, lr_max=lr, cbs=cbs)
+        seconds = time.perf_counter() - start
+        if best.best_epoch is None:
+            raise PneumoError("Training stopped before the first epoch finished; nothing exported.")
+
+        rows = epoch_rows(learn)
+        figures = validation_figures(learn, config.target_sensitivity)
+        card = build_card(config, ds, learn, best, stopper, balance, rows, figures, seconds)
+        paths = ExportPaths.for_name(config.exports, config.name)
+        learn.path, learn.model_dir = Path("."), "models"
+        card = write_export(
+            paths,
+            card,
+            write_pkl=lambda p: learn.export(p),
+            write_weights=lambda p: torch.save(learn.model.state_dict(), p),
+            history_src=Path(work) / "history.csv",
+            valid_rows=_valid_rows(learn, ds, figures["probabilities"]),
+        )
+    log(_summary(card))
+    log(f"Exported {paths.pkl}, {paths.weights} and {paths.card}.")
+    return TrainResult(paths=paths, card=card, learner=learn)
+
+
+def _valid_rows(
+    learn: Learner, ds: DatasetFiles, probs: list[float]
+) -> list[tuple[str, str, float]]:
+    return [
+        (Path(f).relative_to(ds.root).as_posix(), label_of(f), p)
+        for f, p in zip(learn.dls.valid_ds.items, probs, strict=True)
+    ]
