@@ -1,0 +1,146 @@
+"""Load an export for inference: weights + model card by default, the fastai pickle on request.
+
+The default path never unpickles code: it rebuilds the network from the card, loads the
+weights-only file (`torch.load(weights_only=True)`) and rebuilds the validation pipeline from
+the card's config. `trust_pickle=True` uses fastai's `load_learner`. Both check the file's
+sha256 against the card first, and both give the same probabilities.
+
+    from pneumo_fastai.loading import load_export
+    exported = load_export("exports/pneumo_resnet34.json")
+    dl = exported.dataloader(paths)
+    p_pneumonia = exported.probabilities(dl)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastai.data.block import CategoryBlock, DataBlock
+from fastai.data.core import DataLoaders, TfmdDL
+from fastai.learner import Learner, load_learner
+from fastai.losses import CrossEntropyLossFlat
+
+from .config import CLASSES, TrainConfig
+from .data import batch_transforms, default_workers, item_transforms, label_of, xray_block
+from .errors import ModelFileError
+from .export import read_card, verify_file
+from .model import build_model
+from .train import resolve_device
+
+
+def _all_in_both(items: Sequence[Any]) -> tuple[list[int], list[int]]:
+    everything = list(range(len(items)))
+    return everything, everything  # fastai sets transforms up on a non-empty train split
+
+
+def inference_datablock(config: TrainConfig, labelled: bool) -> DataBlock:
+    """Files -> (image[, label]) with training's transforms (augmentation runs only in `tta`)."""
+    blocks = (xray_block(draft=config.size),)
+    if labelled:
+        blocks = (*blocks, CategoryBlock(vocab=list(CLASSES)))
+    return DataBlock(
+        blocks=blocks,
+        get_y=label_of if labelled else None,
+        splitter=_all_in_both,
+        item_tfms=item_transforms(config),
+        batch_tfms=batch_transforms(config),
+        n_inp=1,
+    )
+
+
+@dataclass
+class ExportedModel:
+    """An exported model ready for inference, whichever way it was loaded."""
+
+    card: dict[str, Any]  # the validated model card
+    card_path: Path  # where the card lives (the other files sit beside it)
+    config: TrainConfig  # training config recorded in the card
+    learner: Learner  # fastai Learner around the network (pickled or rebuilt)
+    device: torch.device  # where inference runs
+    from_pickle: bool  # True when loaded with `load_learner`
+
+    @property
+    def threshold(self) -> float:
+        """Decision threshold on P(PNEUMONIA) chosen on the validation split at training time."""
+        return float(self.card["decision_threshold"]["value"])
+
+    def dataloader(
+        self,
+        files: Sequence[Path],
+        labelled: bool = False,
+        bs: int = 64,
+        num_workers: int | None = None,
+    ) -> TfmdDL:
+        """A sequential loader over `files` (labels from parent folders when `labelled`)."""
+        workers = default_workers() if num_workers is None else num_workers
+        files = [Path(f) for f in files]
+        if self.from_pickle:
+            return self.learner.dls.test_dl(
+                files, with_labels=labelled, bs=bs, num_workers=workers, device=self.device
+            )
+        dls = inference_datablock(self.config, labelled).dataloaders(
+            files, bs=bs, num_workers=workers, device=self.device
+        )
+        return dls.valid
+
+    def learner_for(self, dl: TfmdDL) -> Learner:
+        """The Learner with `dl` as its loaders (for `tta` and `ClassificationInterpretation`)."""
+        self.learner.dls = DataLoaders(dl, dl, device=self.device)
+        return self.learner
+
+    def probabilities(self, dl: TfmdDL, tta: bool = False) -> np.ndarray:
+        """P(PNEUMONIA) for every item of `dl`, in order."""
+        learn = self.learner_for(dl)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            probs, _ = learn.tta(dl=dl) if tta else learn.get_preds(dl=dl)
+        return probs[:, 1].float().numpy().astype(np.float64)
+
+
+def _card_path(path: Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        cards = sorted(path.glob("*.json"))
+        if len(cards) != 1:
+            raise ModelFileError(
+                f"{path} is a folder with {len(cards)} model cards; "
+                "pass one export's .json, .pkl or .pth."
+            )
+        return cards[0]
+    return path if path.suffix == ".json" else path.with_suffix(".json")
+
+
+def load_export(
+    path: Path | str, trust_pickle: bool = False, device: str = "auto"
+) -> ExportedModel:
+    """Load export `path` (.json, .pkl or .pth) after checking the sha256 in its card."""
+    card_path = _card_path(Path(path))
+    card = read_card(card_path)
+    config = TrainConfig.from_dict(card["config"])
+    dev = resolve_device(device)
+    if trust_pickle:
+        pkl = verify_file(card, card_path, "pkl")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            learn = load_learner(pkl, cpu=dev.type == "cpu")
+        learn.model.to(dev)
+    else:
+        weights = verify_file(card, card_path, "weights")
+        model = build_model(config, n_out=len(card["classes"]))
+        try:
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except RuntimeError as e:
+            raise ModelFileError(
+                f"{weights} does not fit the architecture in its card ({e})."
+            ) from e
+        model.to(dev)
+        empty = DataLoaders(device=dev)
+        learn = Learner(empty, model, loss_func=CrossEntropyLossFlat())
+    learn.model.eval()
+    return ExportedModel(card, card_path, config, learn, dev, from_pickle=trust_pickle)
