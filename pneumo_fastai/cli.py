@@ -132,6 +132,9 @@ def train(
         raise Aborted("Aborted by a second interrupt; nothing was exported.") from e
 
 
+# commands registered by feature modules
+
+
 def main() -> None:
     """Console entry point: user mistakes print one paragraph and exit non-zero, no traceback."""
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
