@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 import fastai.callback.schedule  # noqa: F401 - adds Learner.fit_one_cycle
 import numpy as np
 import torch
+from fastai.callback.core import Callback
 from fastai.callback.progress import CSVLogger, ProgressCallback
 from fastai.callback.tracker import EarlyStoppingCallback
 from fastai.learner import Learner
@@ -204,7 +205,13 @@ def _summary(card: dict[str, Any]) -> str:
     )
 
 
-def train(config: TrainConfig, *, progress: bool = True, log: Log = print) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    progress: bool = True,  # fastai's progress bars and epoch table
+    log: Log = print,  # where one-line status messages go
+    cbs: Sequence[Callback] = (),  # extra callbacks for this fit (loggers, custom stops)
+) -> TrainResult:
     """Train, restore the best epoch, choose the threshold on validation, and export."""
     set_seed(config.seed, reproducible=True)
     ds, files = training_files(config, log)
@@ -231,6 +238,7 @@ def train(config: TrainConfig, *, progress: bool = True, log: Log = print) -> Tr
             CSVLogger(fname=Path(work) / "history.csv"),
             stopper,
             *([balance] if balance else []),
+            *cbs,
         ]
         lr = slice(config.lr / 10, config.lr) if config.pretrained else config.lr
         start = time.perf_counter()
