@@ -418,7 +418,7 @@ def _preview_split(
 
 def print_report(report: DatasetReport, console: Console | None = None) -> None:
     """Render a report in the terminal: a count table, then summaries, problems and warnings."""
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
     table = Table(title=f"Dataset {report.root}")
     for column in ("split", *CLASSES, "total", "% PNEUMONIA", "patients"):
         table.add_column(column, justify="left" if column == "split" else "right")
