@@ -231,7 +231,7 @@ def _scan_layout(report: DatasetReport) -> dict[str, list[Path]]:
                 report.issues.append(
                     FileIssue(_rel(report, other), "not_image", "not .jpeg/.jpg/.png: skipped")
                 )
-            if not cls_images and class_dir.is_dir():
+            if not cls_images:
                 fatal.append(
                     f"{split}/{cls} holds no .jpeg/.jpg/.png images: "
                     + (

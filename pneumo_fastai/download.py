@@ -38,7 +38,6 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from . import __version__
 from .config import CLASSES
 from .errors import DataError
 from .images import RASTER_SUFFIXES
@@ -85,6 +84,7 @@ Image-Based Deep Learning. Cell. 2018;172(5):1122-1131.e9. doi:10.1016/j.cell.20
 """
 
 CHUNK = 1 << 20
+USER_AGENT = "pneumo-fastai data download"  # some hosts refuse urllib's default agent
 TIMEOUT_S = 60.0
 _JUNK_NAMES = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"})
 
@@ -131,18 +131,23 @@ def download_dataset(
             f"Point training at it with --data {final} if it is a good copy, or delete it and run "
             "the download again."
         )
+    if source not in ("mendeley", "kaggle"):
+        raise DataError(f"Unknown --source {source!r}: use mendeley or kaggle.")
+    if source == "kaggle" and (url or sha256):
+        raise DataError("--url and --sha256 apply to --source mendeley only; drop them.")
     dest.mkdir(parents=True, exist_ok=True)
     if source == "kaggle":
         return _install_from_kaggle(dest, progress)
-    if source != "mendeley":
-        raise DataError(f"Unknown --source {source!r}: use mendeley or kaggle.")
     url = url or os.environ.get(URL_ENV) or MENDELEY_URL
     expected_sha = (sha256 or MENDELEY_SHA256).lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", expected_sha):
+        raise DataError(f"--sha256 {sha256!r} is not a sha256: give its 64 hex digits.")
     expected_size = MENDELEY_SIZE if expected_sha == MENDELEY_SHA256 else None
     archive = dest / ARCHIVE_NAME
     part = dest / (ARCHIVE_NAME + ".part")
     resumed_from = part.stat().st_size if part.exists() else 0
     if not (archive.exists() and _sha256(archive, progress) == expected_sha):
+        archive.unlink(missing_ok=True)  # a wrong archive must not keep the finished name
         fetch(url, part, expected_size, retries, progress)
         _verify(part, url, expected_size, expected_sha, progress)
         os.replace(part, archive)
@@ -189,7 +194,7 @@ def _fetch_once(
     if expected_size is not None and start > expected_size:
         part.unlink()
         start = 0
-    request = Request(url, headers={"User-Agent": f"pneumo-fastai/{__version__}"})
+    request = Request(url, headers={"User-Agent": USER_AGENT})
     if start:
         request.add_header("Range", f"bytes={start}-")
     try:
@@ -378,7 +383,6 @@ def _install(
         "sha256": sha256,
         "counts": result.counts,
         "completed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "pneumo_fastai": __version__,
     }
     _write_text_atomic(final / MARKER, json.dumps(record, indent=2) + "\n")
     return result

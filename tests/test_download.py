@@ -190,6 +190,11 @@ def test_checksum_mismatch_is_refused_and_nothing_looks_finished(tmp_path, relea
     assert list(tmp_path.iterdir()) == []
 
 
+def test_malformed_sha256_is_refused_before_downloading(tmp_path):
+    with pytest.raises(DataError, match="64 hex digits"):
+        download_dataset(tmp_path, url="http://127.0.0.1:9/x", sha256="abc", progress=False)
+
+
 def test_wrong_size_for_the_release_is_refused_before_downloading(tmp_path, release):
     with _Server(release) as server, pytest.raises(DataError, match="not the expected release"):
         download_dataset(tmp_path, url=server.url, progress=False)  # default: Mendeley's size
@@ -246,6 +251,11 @@ def test_kaggle_source_installs_through_kagglehub(tmp_path, monkeypatch):
     names = _names(result.root)
     assert not any("._" in n or "DS_Store" in n for n in names)
     assert (cache / "chest_xray" / "train").is_dir(), "kagglehub's cache must be left intact"
+
+
+def test_kaggle_source_refuses_mendeley_options(tmp_path):
+    with pytest.raises(DataError, match="--source mendeley only"):
+        download_dataset(tmp_path, source="kaggle", url="http://127.0.0.1:9/x", progress=False)
 
 
 def test_kaggle_source_without_kagglehub_or_credentials_says_how(tmp_path, monkeypatch):
