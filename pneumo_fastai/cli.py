@@ -133,6 +133,9 @@ def train(
 
 
 # commands registered by feature modules
+from .cli_predict import predict_command  # noqa: E402
+
+app.command("predict")(predict_command)
 
 
 def main() -> None:
