@@ -72,8 +72,8 @@ def train(
         bool,
         typer.Option(
             help="Start from ImageNet weights and freeze the body up to layer4 (layer4 and "
-            "the head train). --no-pretrained starts from random weights and trains every layer, since "
-            "freezing random layers would make no sense.",
+            "the head train). --no-pretrained starts from random weights and trains every "
+            "layer, since freezing random layers would make no sense.",
         ),
     ] = _D.pretrained,
     weights: Annotated[
@@ -100,6 +100,25 @@ def train(
         int | None, typer.Option(help="DataLoader workers (default: cores - 1, at most 8).")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = _D.device,
+    cache: Annotated[
+        bool | None,
+        typer.Option(
+            help="Keep decoded, resized images in RAM (default: when they fit in 10% of RAM).",
+            show_default=False,
+        ),
+    ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="auto (bf16/fp16 mixed precision on CUDA, fp32 on CPU), fp32, bf16, fp16."
+        ),
+    ] = _D.precision,
+    channels_last: Annotated[
+        bool | None,
+        typer.Option(
+            help="Channels-last memory format (default: on CUDA only).", show_default=False
+        ),
+    ] = None,
     limit: Annotated[
         int | None, typer.Option(help="Use at most this many images per class (quick runs).")
     ] = None,
@@ -119,6 +138,7 @@ def train(
             balanced=balanced, class_weighted_loss=class_weighted_loss,
             label_smoothing=label_smoothing, flip=flip, target_sensitivity=target_sensitivity,
             num_workers=num_workers, device=device, limit=limit, name=name, exports=exports,
+            cache=cache, precision=precision, channels_last=channels_last,
         )  # fmt: skip
     except ValueError as e:
         raise PneumoError(f"Invalid option: {e}.") from e
@@ -133,9 +153,12 @@ def train(
 
 
 # commands registered by feature modules
+from .cli_evaluate import evaluate_command, interpret_command  # noqa: E402
 from .cli_predict import predict_command  # noqa: E402
 
 app.command("predict")(predict_command)
+app.command("evaluate")(evaluate_command)
+app.command("interpret")(interpret_command)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 SplitMode = Literal["patient", "image"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 CLASSES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -44,6 +45,9 @@ class TrainConfig:
     dropout_hidden: float = 0.25  # dropout before the output layer
     target_sensitivity: float = 0.95  # PNEUMONIA sensitivity the decision threshold must reach
     num_workers: int | None = None  # DataLoader workers; None picks from the CPU count
+    cache: bool | None = None  # decoded images in RAM; None: when they fit in 10% of RAM
+    precision: Precision = "auto"  # auto: bf16 (or fp16) mixed precision on CUDA, fp32 on CPU
+    channels_last: bool | None = None  # NHWC memory format; None: on CUDA only
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     limit: int | None = None  # keep at most this many images per class (quick runs, notebooks)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded in the card
@@ -57,6 +61,8 @@ class TrainConfig:
             raise ValueError("size must be >= 32 and bs, epochs, patience >= 1")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("label_smoothing must be in [0, 1)")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if not 0.0 < self.target_sensitivity <= 1.0:
             raise ValueError("target_sensitivity must be in (0, 1]")
 

@@ -11,12 +11,13 @@ import hashlib
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import torch
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
 from fastai.data.core import DataLoaders
 from fastai.data.transforms import IntToFloatTensor, Normalize, parent_label
@@ -25,6 +26,7 @@ from fastai.vision.core import PILImage
 from fasttransform import Transform
 from PIL import Image
 
+from .cache import fill_cache, should_cache
 from .config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, SplitMode, TrainConfig
 from .errors import DataError
 from .images import RASTER_SUFFIXES, load_xray
@@ -228,18 +230,39 @@ class XrayImage(PILImage):
 class LoadXray(Transform):
     """Open a file robustly as an `XrayImage` (grayscale copied to 3 channels)."""
 
-    def __init__(self, draft: int | None = None):  # JPEG draft-decode target size, in pixels
+    def __init__(
+        self,
+        draft: int | None = None,  # JPEG draft-decode target size, in pixels
+        cache: Mapping[str, Image.Image] | None = None,  # decoded images by path (training only)
+    ):
         super().__init__()
-        self.draft = draft
+        self.draft, self.cache = draft, cache
 
     def encodes(self, x) -> XrayImage:
-        img = x if isinstance(x, Image.Image) else load_xray(x, self.draft)
+        if isinstance(x, Image.Image):
+            img = x
+        elif self.cache is not None and str(x) in self.cache:
+            img = self.cache[str(x)]
+        else:
+            img = load_xray(x, self.draft)
         return XrayImage(img.convert("L").convert("RGB"))
 
+    def __getstate__(self) -> dict:
+        # the cache holds training images: never pickle it into an export
+        return {**self.__dict__, "cache": None}
 
-def xray_block(draft: int | None = None) -> TransformBlock:
+
+def uses_cache(dls: DataLoaders) -> bool:
+    """Whether the loaders read decoded images from RAM."""
+    loaders = [t for t in dls.train_ds.tls[0].tfms.fs if isinstance(t, LoadXray)]
+    return any(t.cache is not None for t in loaders)
+
+
+def xray_block(
+    draft: int | None = None, cache: Mapping[str, Image.Image] | None = None
+) -> TransformBlock:
     """Like fastai's `ImageBlock`, but opening files with `LoadXray`."""
-    return TransformBlock(type_tfms=LoadXray(draft), batch_tfms=IntToFloatTensor)
+    return TransformBlock(type_tfms=LoadXray(draft, cache), batch_tfms=IntToFloatTensor)
 
 
 def item_transforms(config: TrainConfig) -> list:
@@ -262,10 +285,12 @@ def batch_transforms(config: TrainConfig) -> list:
     return [*augs, Normalize.from_stats(IMAGENET_MEAN, IMAGENET_STD)]
 
 
-def xray_datablock(config: TrainConfig) -> DataBlock:
+def xray_datablock(
+    config: TrainConfig, cache: Mapping[str, Image.Image] | None = None
+) -> DataBlock:
     """The `DataBlock`: X-ray images, fixed NORMAL/PNEUMONIA vocab, seeded splitter."""
     return DataBlock(
-        blocks=(xray_block(draft=config.size), CategoryBlock(vocab=list(CLASSES))),
+        blocks=(xray_block(config.size, cache), CategoryBlock(vocab=list(CLASSES))),
         get_y=label_of,
         splitter=SeededSplitter(config.valid_pct, config.seed, config.split),
         item_tfms=item_transforms(config),
@@ -279,10 +304,18 @@ def default_workers() -> int:
 
 
 def build_dataloaders(
-    files: Sequence[Path], config: TrainConfig, device: str | None = None
+    files: Sequence[Path],
+    config: TrainConfig,
+    device: torch.device | str | None = None,
+    progress: bool = True,  # progress bar while filling the cache
 ) -> DataLoaders:
-    """fastai `DataLoaders` over `files` with the config's split, sizes and batch size."""
+    """fastai `DataLoaders` over `files` with the config's split, sizes, batch size and cache."""
+    files = list(files)
     workers = default_workers() if config.num_workers is None else config.num_workers
-    return xray_datablock(config).dataloaders(
-        list(files), bs=config.bs, num_workers=workers, device=device
+    cache = None
+    if should_cache(config.cache, len(files), config.size):
+        cache = fill_cache(files, config.size, progress=progress)
+    on_gpu = torch.device(device or "cpu").type == "cuda"
+    return xray_datablock(config, cache).dataloaders(
+        files, bs=config.bs, num_workers=workers, device=device, pin_memory=on_gpu
     )

@@ -18,7 +18,9 @@ from typing import Any
 import fastai.callback.schedule  # noqa: F401 - adds Learner.fit_one_cycle
 import numpy as np
 import torch
+from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import CSVLogger, ProgressCallback
 from fastai.callback.tracker import EarlyStoppingCallback
 from fastai.learner import Learner
@@ -34,6 +36,7 @@ from .data import (
     fingerprint,
     label_of,
     limit_per_class,
+    uses_cache,
 )
 from .errors import DataError, PneumoError
 from .export import CARD_SCHEMA_VERSION, ExportPaths, library_versions, write_export
@@ -67,6 +70,31 @@ def resolve_device(name: str) -> torch.device:
             f"Device {name!r} asked for, but no CUDA GPU is visible; use --device cpu."
         )
     return device
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """fp32, bf16 or fp16: `auto` means bf16 (fp16 on older GPUs) on CUDA and fp32 on CPU."""
+    if requested == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested != "fp32" and device.type != "cuda":
+        raise PneumoError(
+            f"--precision {requested} needs a CUDA GPU; use fp32 or auto on {device}."
+        )
+    return requested
+
+
+def speed_callbacks(config: TrainConfig, device: torch.device) -> list[Callback]:
+    """Mixed precision and channels-last callbacks as the config and device call for."""
+    cbs: list[Callback] = []
+    precision = resolve_precision(config.precision, device)
+    if precision != "fp32":
+        cbs.append(MixedPrecision(amp_mode=precision))
+    channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
+    if channels_last:
+        cbs.append(ChannelsLast())
+    return cbs
 
 
 def training_files(config: TrainConfig, log: Log) -> tuple[DatasetFiles, list[Path]]:
@@ -129,6 +157,7 @@ def build_card(
     rows: list[dict[str, float | None]],
     figures: dict[str, Any],
     seconds: float,
+    speed: list[Callback],
 ) -> dict[str, Any]:
     """The JSON model card (the `files` section is added when writing)."""
     train_files = list(learn.dls.train_ds.items)
@@ -179,6 +208,13 @@ def build_card(
             "interrupted_at_epoch": stopper.stopped_at_epoch,
             "balanced_first_epoch_fractions": balance.first_epoch_fractions if balance else None,
             "seconds": round(seconds, 1),
+            "seconds_per_epoch": round(seconds / max(epochs_run, 1), 1),
+            "precision": next(
+                (str(c.amp_mode) for c in speed if isinstance(c, MixedPrecision)), "fp32"
+            ),
+            "channels_last": any(isinstance(c, ChannelsLast) for c in speed),
+            "cached_in_ram": uses_cache(learn.dls),
+            "num_workers": learn.dls.train.fake_l.num_workers,
         },
         "validation": {
             "best_epoch": rows[best_epoch],
@@ -217,7 +253,8 @@ def train(
     ds, files = training_files(config, log)
     device = resolve_device(config.device)
     imagenet = imagenet_state_dict(config.weights) if config.pretrained else None
-    dls = build_dataloaders(files, config, device=device)
+    dls = build_dataloaders(files, config, device=device, progress=progress)
+    speed = speed_callbacks(config, device)
     loss_weight = class_weights(train_labels(dls), dls.c) if config.class_weighted_loss else None
     learn = build_learner(dls, config, imagenet, loss_weight)
     if not progress:
@@ -238,6 +275,7 @@ def train(
             CSVLogger(fname=Path(work) / "history.csv"),
             stopper,
             *([balance] if balance else []),
+            *speed,
             *cbs,
         ]
         lr = slice(config.lr / 10, config.lr) if config.pretrained else config.lr
@@ -245,12 +283,13 @@ def train(
         with stop_on_signals(stopper):
             learn.fit_one_cycle(config.epochs, lr_max=lr, cbs=cbs)
         seconds = time.perf_counter() - start
+        learn.model.to(memory_format=torch.contiguous_format)
         if best.best_epoch is None:
             raise PneumoError("Training stopped before the first epoch finished; nothing exported.")
 
         rows = epoch_rows(learn)
         figures = validation_figures(learn, config.target_sensitivity)
-        card = build_card(config, ds, learn, best, stopper, balance, rows, figures, seconds)
+        card = build_card(config, ds, learn, best, stopper, balance, rows, figures, seconds, speed)
         paths = ExportPaths.for_name(config.exports, config.name)
         learn.path, learn.model_dir = Path("."), "models"
         card = write_export(

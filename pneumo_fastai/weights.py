@@ -92,7 +92,7 @@ def imagenet_state_dict(
 
 
 def body_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename torchvision keys (`layer1.0.conv1.weight`) to fastai body keys (`4.0.conv1.weight`)."""
+    """Rename torchvision keys (`layer1.0.conv1.weight`) to fastai body keys (`4.0.conv1...`)."""
     index = {name: str(i) for i, name in enumerate(_BODY_PREFIXES)}
     out = {}
     for key, value in state.items():

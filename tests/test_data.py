@@ -137,7 +137,7 @@ def test_a_patient_with_images_in_both_classes_is_not_split():
     groups = ["a", "a", "b", "c", "d", "e"]
     for seed in range(20):
         train, valid = patient_split(labels, groups, 0.5, seed)
-        assert (0 in train) == (1 in train)
+        assert (0 in train) == (1 in train) and (0 in valid) == (1 in valid)
 
 
 def test_splitter_survives_pickling(tmp_path):
@@ -174,7 +174,7 @@ def test_dataloaders_give_normalised_3_channel_batches_and_plain_validation(data
 @pytest.mark.shared_data
 def test_real_data_patient_split_is_disjoint_and_near_70_30():
     files = list(discover(require_shared_data()).files)
-    train, valid, p_train, p_valid = _split_stats(files)
+    _, valid, p_train, p_valid = _split_stats(files)
     assert len(files) == 5216 and not p_train & p_valid
     assert abs(len(valid) / len(files) - 0.3) < 0.01
     for cls in ("NORMAL", "PNEUMONIA"):

@@ -137,7 +137,7 @@ def test_a_failed_run_leaves_an_existing_export_untouched(real_subset, tmp_path)
         for src in sorted((real_subset / "train" / cls).iterdir())[:6]:
             (broken / "train" / cls / src.name).write_bytes(src.read_bytes())
     (broken / "train" / "NORMAL" / "IM-9999-0001.jpeg").write_bytes(b"")
-    with pytest.raises(DataError, match="IM-9999-0001.jpeg"):
+    with pytest.raises(DataError, match=r"IM-9999-0001\.jpeg"):
         train(_config(broken, exports, pretrained=False), progress=False, log=lambda _: None)
     assert old.read_bytes() == b"previous good export"
     assert sorted(p.name for p in exports.iterdir()) == ["pneumo_resnet34.pkl"]
