@@ -153,9 +153,11 @@ def train(
 
 
 # commands registered by feature modules
+from .cli_data import data_app  # noqa: E402
 from .cli_evaluate import evaluate_command, interpret_command  # noqa: E402
 from .cli_predict import predict_command  # noqa: E402
 
+app.add_typer(data_app, name="data")
 app.command("predict")(predict_command)
 app.command("evaluate")(evaluate_command)
 app.command("interpret")(interpret_command)

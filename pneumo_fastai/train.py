@@ -29,15 +29,16 @@ from fastai.torch_core import set_seed
 from .callbacks import GracefulStop, SaveBestModel, stop_on_signals
 from .config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, TrainConfig
 from .data import (
+    TRAIN_SPLITS,
     DatasetFiles,
     build_dataloaders,
     discover,
-    find_unreadable,
     fingerprint,
     label_of,
     limit_per_class,
     uses_cache,
 )
+from .dataset_check import check_dataset
 from .errors import DataError, PneumoError
 from .export import CARD_SCHEMA_VERSION, ExportPaths, library_versions, write_export
 from .metrics import binary_metrics, choose_threshold
@@ -97,22 +98,34 @@ def speed_callbacks(config: TrainConfig, device: torch.device) -> list[Callback]
     return cbs
 
 
+_SEE_CHECK = " (`pneumo-fastai data check PATH` shows the full report.)"
+
+
 def training_files(config: TrainConfig, log: Log) -> tuple[DatasetFiles, list[Path]]:
     """Discover, sanity-check and optionally subsample the training images."""
     if config.data is None:
         raise DataError("No dataset given: pass --data PATH or set PNEUMO_DATA.")
-    ds = discover(config.data)
+    report = check_dataset(
+        config.data, quick=True, seed=config.seed, valid_pct=config.valid_pct, split=config.split
+    )
+    if report.problems:
+        raise DataError(" ".join(report.problems) + _SEE_CHECK)
+    bad = [
+        i for i in report.issues if i.kind != "not_image" and i.path.split("/")[0] in TRAIN_SPLITS
+    ]
+    if bad:
+        listed = "; ".join(f"{report.root / i.path} ({i.detail})" for i in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise DataError(
+            f"{len(bad)} image(s) cannot be read: {listed}{more}. Remove or replace them, "
+            "then train again." + _SEE_CHECK
+        )
+    for warning in report.warnings:
+        log(f"Note: {warning}")
+    ds = discover(report.root)
     if ds.skipped:
         shown = ", ".join(p.name for p in ds.skipped[:5])
         log(f"Skipping {len(ds.skipped)} non-image file(s) in the class folders: {shown}")
-    bad = find_unreadable(ds.files)
-    if bad:
-        listed = "; ".join(f"{p} ({why})" for p, why in bad[:10])
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise DataError(
-            f"{len(bad)} image(s) cannot be read: {listed}{more}. Remove or replace them "
-            "(`pneumo-fastai data check PATH` lists every problem), then train again."
-        )
     files = list(ds.files)
     if config.limit is not None:
         files = limit_per_class(files, config.limit, config.seed)

@@ -35,3 +35,10 @@ def test_is_frozen_and_replace_validates():
     assert c.replace(epochs=3).epochs == 3
     with pytest.raises(ValueError):
         c.replace(valid_pct=2.0)
+
+
+def test_package_exports_the_scripting_api():
+    import pneumo_fastai
+
+    assert callable(pneumo_fastai.train) and callable(pneumo_fastai.load_model)
+    assert pneumo_fastai.TrainConfig is TrainConfig
