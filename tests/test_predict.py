@@ -7,6 +7,8 @@ import io
 import json
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -85,13 +87,21 @@ def every_kind(folder: Path) -> list[Path]:
     return paths
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny CPU batches run fastest on one thread, and a busy shared machine makes more spin."""
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """One torch thread: fastest for tiny CPU batches, and more threads spin on a busy machine."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +124,8 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
         device="cpu",
         exports=tmp_path_factory.mktemp("predict_exp"),
     )
-    return train(config, progress=False, log=lambda _: None).paths.card
+    with one_thread():  # session fixtures are set up before the module's `_one_thread`
+        return train(config, progress=False, log=lambda _: None).paths.card
 
 
 @pytest.fixture(scope="session")
