@@ -246,6 +246,12 @@ def _reduce(img: Image.Image, draft: int | None) -> Image.Image:
     return img.reduce(factor) if factor >= 2 else img
 
 
+def to_gray8(img: Image.Image, draft: int | None = None) -> Image.Image:
+    """An in-memory image as `load_xray` makes a file: mode "L" uint8, reduced for `draft`."""
+    img = _reduce(_flatten(img), draft)
+    return img if img.mode == "L" else Image.fromarray(window_to_uint8(np.asarray(img)))
+
+
 def load_xray(
     path: Path | str,
     draft: int | None = None,  # target short side: decode/reduce big images to no less than this
@@ -262,8 +268,7 @@ def load_xray(
             img = Image.fromarray(_read_dicom(path, cap))
         else:
             img = _read_raster(path, cap, draft)
-        img = _reduce(img, draft)
-        return img if img.mode == "L" else Image.fromarray(window_to_uint8(np.asarray(img)))
+        return to_gray8(img, draft)
     except FileNotFoundError as e:
         raise DataError(f"{path}: no such file. Check the path.") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

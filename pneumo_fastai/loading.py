@@ -25,6 +25,7 @@ from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.core import DataLoaders, TfmdDL
 from fastai.learner import Learner, load_learner
 from fastai.losses import CrossEntropyLossFlat
+from PIL import Image
 
 from .config import CLASSES, TrainConfig
 from .data import batch_transforms, default_workers, item_transforms, label_of, xray_block
@@ -63,7 +64,12 @@ class ExportedModel:
     config: TrainConfig  # training config recorded in the card
     learner: Learner  # fastai Learner around the network (pickled or rebuilt)
     device: torch.device  # where inference runs
-    from_pickle: bool  # True when loaded with `load_learner`
+    pickled_dls: DataLoaders | None  # the pickle's own (empty) loaders; None on the safe path
+
+    @property
+    def from_pickle(self) -> bool:
+        """True when loaded with fastai's `load_learner`."""
+        return self.pickled_dls is not None
 
     @property
     def threshold(self) -> float:
@@ -72,20 +78,25 @@ class ExportedModel:
 
     def dataloader(
         self,
-        files: Sequence[Path],
-        labelled: bool = False,
+        items: Sequence[Path | str | Image.Image],  # files, or images already decoded
+        labelled: bool = False,  # labels from the parent folder (NORMAL/PNEUMONIA) of each file
         bs: int = 64,
         num_workers: int | None = None,
     ) -> TfmdDL:
-        """A sequential loader over `files` (labels from parent folders when `labelled`)."""
+        """A sequential loader over `items` with the export's own transforms."""
         workers = default_workers() if num_workers is None else num_workers
-        files = [Path(f) for f in files]
-        if self.from_pickle:
-            return self.learner.dls.test_dl(
-                files, with_labels=labelled, bs=bs, num_workers=workers, device=self.device
+        items = [x if isinstance(x, Image.Image) else Path(x) for x in items]
+        if self.pickled_dls is not None:
+            return self.pickled_dls.test_dl(
+                items,
+                rm_type_tfms=0,  # keep LoadXray: it opens files and passes decoded images on
+                with_labels=labelled,
+                bs=bs,
+                num_workers=workers,
+                device=self.device,
             )
         dls = inference_datablock(self.config, labelled).dataloaders(
-            files, bs=bs, num_workers=workers, device=self.device
+            items, bs=bs, num_workers=workers, device=self.device
         )
         return dls.valid
 
@@ -143,4 +154,5 @@ def load_export(
         empty = DataLoaders(device=dev)
         learn = Learner(empty, model, loss_func=CrossEntropyLossFlat())
     learn.model.eval()
-    return ExportedModel(card, card_path, config, learn, dev, from_pickle=trust_pickle)
+    pickled_dls = learn.dls if trust_pickle else None
+    return ExportedModel(card, card_path, config, learn, dev, pickled_dls)

@@ -26,16 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from fastai.data.core import DataLoaders, TfmdDL
 from fastprogress.fastprogress import progress_bar
 from PIL import Image
 
 from .data import default_workers
 from .errors import DataError
 from .export import staged_files
-from .images import PREDICT_SUFFIXES, _flatten, _reduce, is_dicom, load_xray, window_to_uint8
-from .loading import ExportedModel, inference_datablock, load_export
+from .images import PREDICT_SUFFIXES, is_dicom, load_xray, to_gray8
+from .loading import ExportedModel, load_export
 
 Item = Path | str | Image.Image  # what can be predicted: a file path or an in-memory image
 OUTPUT_COLUMNS = ("file", "probability", "prediction", "prediction_argmax", "error")
@@ -69,18 +67,11 @@ class Prediction:
         return dict(zip(OUTPUT_COLUMNS, values, strict=True))
 
 
-def _gray(img: Image.Image, size: int) -> Image.Image:
-    """An in-memory image made what `load_xray` makes of a file: 8-bit gray, reduced for `size`."""
-    img = _flatten(img)
-    img = img if img.mode == "L" else Image.fromarray(window_to_uint8(np.asarray(img)))
-    return _reduce(img, size)
-
-
 def _read(item: Item, size: int) -> Image.Image | str:
     """`item` as an 8-bit gray image of about `size` px (see `load_xray`), or why it cannot be."""
     try:
         if isinstance(item, Image.Image):
-            return _gray(item, size)
+            return to_gray8(item, size)
         return load_xray(item, draft=size)
     except DataError as e:  # the file column already names the file
         return str(e).removeprefix(f"{Path(item)}: ")
@@ -108,7 +99,6 @@ class XrayClassifier:
     def __init__(self, exported: ExportedModel):  # from `load_export`
         self.exported = exported
         # `learner_for` replaces the pickled Learner's loaders: keep the originals for `test_dl`
-        self._pickled_dls = exported.learner.dls if exported.from_pickle else None
 
     @property
     def threshold(self) -> float:
@@ -120,17 +110,6 @@ class XrayClassifier:
         """(negative, positive) class names from the model card."""
         negative, positive = self.exported.card["classes"]
         return negative, positive
-
-    def _dataloader(self, images: list[Image.Image], bs: int) -> TfmdDL:
-        """A sequential loader over decoded images, with the export's own transforms."""
-        device = self.exported.device
-        if self._pickled_dls is not None:
-            return self._pickled_dls.test_dl(
-                images, rm_type_tfms=0, bs=bs, num_workers=0, device=device
-            )
-        block = inference_datablock(self.exported.config, labelled=False)
-        dls: DataLoaders = block.dataloaders(images, bs=bs, num_workers=0, device=device)
-        return dls.valid
 
     def _prediction(self, item: Item, p: float | None, error: str | None) -> Prediction:
         file = None if isinstance(item, Image.Image) else str(item)
@@ -155,8 +134,9 @@ class XrayClassifier:
             images = [r for _, r in chunk if isinstance(r, Image.Image)]
             probs = iter(())
             if images:
+                dl = self.exported.dataloader(images, bs=bs, num_workers=0)
                 with self.exported.learner.no_bar():
-                    probs = iter(self.exported.probabilities(self._dataloader(images, bs), tta))
+                    probs = iter(self.exported.probabilities(dl, tta))
             for item, result in chunk:
                 if isinstance(result, Image.Image):
                     yield self._prediction(item, float(next(probs)), None)

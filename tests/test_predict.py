@@ -192,13 +192,15 @@ def test_chunks_keep_order_across_batch_sizes(
     model: XrayClassifier, kinds: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loaders = []
-    dataloader = model._dataloader
-    monkeypatch.setattr(model, "_dataloader", lambda *a: loaders.append(a) or dataloader(*a))
+    dataloader = model.exported.dataloader
+    monkeypatch.setattr(
+        model.exported, "dataloader", lambda *a, **k: loaders.append(a) or dataloader(*a, **k)
+    )
     monkeypatch.setattr(predict, "MIN_CHUNK", 1)
     items = [*kinds, Path("missing.png"), *kinds]  # 19 items: 3 chunks of 8 batches of 1
 
     small = model.predict_batch(items, bs=1)
-    assert [len(images) for images, _ in loaders] == [8, 7, 3]  # "missing.png" is in chunk 2
+    assert [len(images) for (images,) in loaders] == [8, 7, 3]  # "missing.png" is in chunk 2
     large = model.predict_batch(items, bs=64)
 
     assert [p.file for p in small] == [p.file for p in large] == [str(f) for f in items]
