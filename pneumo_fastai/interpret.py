@@ -39,6 +39,7 @@ from .model import STEM_TO_LAYER3
 PLOTS = "plots"  # sub-folder of the report folder that holds the PNGs
 LAYER4 = STEM_TO_LAYER3  # index of layer4 in the ResNet body (`model[0]`)
 _DPI = 110
+_CAM_BATCH = 16  # images per Grad-CAM forward/backward pass
 _MARKERS = ("o", "s", "D")
 _MODE_NAMES = {"plain": "plain", "tta": "TTA"}
 CAPTIONS: dict[str, str] = {
@@ -137,14 +138,17 @@ def _grid(n: int, ncols: int = 4, size: float = 3.0) -> tuple[Figure, list]:
 
 
 def gradcam_gallery(
-    run: EvalRun, idxs: Sequence[int], title: str, losses: Sequence[float]
+    run: EvalRun,
+    idxs: Sequence[int],  # positions in `run.test_set.files`
+    title: str,
+    losses: Sequence[float],  # one per item, shown in its panel's title
 ) -> Figure:
     """Grad-CAM overlaid on the X-rays of test items `idxs`, titled with label and probability."""
     files = [run.test_set.files[i] for i in idxs]
-    dl = run.exported.dataloader(files, bs=max(1, len(files)), num_workers=0)
-    xb = next(iter(dl))[0]
-    heat = grad_cam(run.exported.learner.model, xb)
-    images = _gray(xb)
+    dl = run.exported.dataloader(files, bs=_CAM_BATCH, num_workers=0)
+    batches = [b[0] for b in dl]
+    heat = np.concatenate([grad_cam(run.exported.learner.model, xb) for xb in batches])
+    images = np.concatenate([_gray(xb) for xb in batches])
     p, y, t = run.probabilities["plain"], run.y, run.decision.threshold
     fig, axes = _grid(len(files))
     for ax, i, img, cam, loss in zip(axes, idxs, images, heat, losses, strict=True):
