@@ -241,7 +241,7 @@ class LoadXray(Transform):
     def encodes(self, x) -> XrayImage:
         if isinstance(x, Image.Image):
             img = x
-        elif self.cache is not None and str(x) in self.cache:
+        elif getattr(self, "cache", None) and str(x) in self.cache:  # absent in older pickles
             img = self.cache[str(x)]
         else:
             img = load_xray(x, self.draft)

@@ -118,7 +118,7 @@ def write_export(
         with open(valid, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["file", "label", "probability"])
-            writer.writerows((name, label, f"{p:.6f}") for name, label, p in valid_rows)
+            writer.writerows((name, label, repr(p)) for name, label, p in valid_rows)
         files = {
             "pkl": (pkl, paths.pkl),
             "weights": (weights, paths.weights),
