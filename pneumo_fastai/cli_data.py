@@ -3,6 +3,7 @@
     pneumo-fastai data download --dest data/
     pneumo-fastai data check data/chest_xray --json check.json
     pneumo-fastai data prepare data/chest_xray --size 256
+    pneumo-fastai data holdout data/chest_xray --out data/holdout --pct 0.15
 
 `cli.py` mounts `data_app` as `data`; a `PneumoError` raised here is printed there, without a
 traceback, with exit code 2.
@@ -21,10 +22,12 @@ from .config import TrainConfig
 from .dataset_check import check_dataset, print_report
 from .download import CITATION_TEXT, LICENSE_TEXT, URL_ENV, download_dataset
 from .errors import DataError
+from .holdout import carve_holdout
 from .prepare import prepare_dataset
 
 data_app = typer.Typer(
-    help="Fetch (download), audit (check) and pre-resize (prepare) the chest X-ray dataset.",
+    help="Fetch (download), audit (check), pre-resize (prepare) and split off a patient-disjoint "
+    "test set (holdout) of the chest X-ray dataset.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -136,3 +139,21 @@ def prepare(
     if len(stats.failed) > _SHOWN:
         console.print(f"  ... and {len(stats.failed) - _SHOWN} more")
     console.print(f"Train on it with: pneumo-fastai train --data {stats.out}", highlight=False)
+
+
+@data_app.command()
+def holdout(
+    path: Annotated[Path, typer.Argument(help="Dataset folder in the Kaggle layout.")],
+    out: Annotated[Path, typer.Option(help="New folder for train/ and the held-out test/.")],
+    pct: Annotated[
+        float, typer.Option(help="Share of each class held out, whole patients.")
+    ] = 0.15,
+    seed: Annotated[int, typer.Option(help="Seed of the patient draw.")] = 0,
+    copy: Annotated[bool, typer.Option(help="Copy the files instead of symlinking them.")] = False,
+) -> None:
+    """Carve a patient-disjoint, class-stratified test/ split out of train (+ val)."""
+    result = carve_holdout(path, out, pct=pct, seed=seed, copy=copy)
+    typer.echo(
+        f"{result.root}: train {result.train}, test {result.test} "
+        f"({result.test_patients} patients, none of them in train)."
+    )
