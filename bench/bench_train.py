@@ -1,0 +1,385 @@
+"""Training throughput: our fastai pipeline vs a plain PyTorch/torchvision loop doing the same work.
+
+    python bench/bench_train.py                      # 224 px, bs 32, CPU: a few minutes
+    python bench/bench_train.py --sweep              # + workers 0/1/2 and cache on/off (ours)
+    python bench/bench_train.py --device cuda --bs 256 --num-workers 8 --cache on \
+        --precision bf16 --channels-last --warmup 8 --batches 30   # GPU (bench/device_run.sh)
+
+Both pipelines train the same network on the same real X-rays (../shared/data/chest_xray), one
+after the other in one process, `--repeats` times in turn. The table gives the median images/s
+of the steady-state batches (after `--warmup` ones; data loading, augmentation, forward, backward
+and optimiser step all inside the clock), the median over rounds of the ratio to the plain loop
+run in the same round, and the CPU ms per image of the main process (its threads, not its loader
+workers: steadier than wall time when other jobs share the cores).
+- ours: `build_dataloaders` + `build_learner` from the package, frozen up to layer4 with a local
+  random ResNet34 weights file (a stand-in for ImageNet's: speed does not depend on the values),
+  `BalancedSamplingCallback` (a seeded `WeightedDL`), our batch augmentation, `fit_one_cycle`, and
+  the mixed-precision/channels-last callbacks that `train` adds.
+- plain: torchvision ResNet34 body + the same head, the same frozen layers (BatchNorm trains, as
+  fastai does), a `Dataset` that opens each file with PIL and squashes it to `--size`,
+  `WeightedRandomSampler`, per-image rotate/zoom/brightness-contrast with torchvision.transforms.v2
+  on the batch tensor (p=0.75 each, as fastai), ImageNet normalisation, AdamW with fastai's
+  betas/eps/weight decay, `OneCycleLR`, the same label-smoothed cross-entropy and batch size.
+`--sweep` adds our pipeline with 0, 1 and 2 loader workers (cache on) and with the cache off, at
+`--sweep-size`, against a plain loop at that size. `--what-if squish adamw` adds our pipeline with
+a change not (yet) made in the package: fastai's `Resize` swapped for one PIL resize call, or
+fastai's per-tensor Adam swapped for torch's AdamW (see benchlib.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from benchlib import (
+    SHARED_DATA,
+    Clock,
+    load_average,
+    machine_line,
+    median,
+    print_table,
+    random_resnet34_weights,
+    spread,
+    use_direct_squish,
+    use_torch_adamw,
+)
+from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.progress import ProgressCallback
+from fastai.torch_core import set_seed
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision.models import resnet34
+from torchvision.transforms import v2
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from pneumo_fastai import TrainConfig
+from pneumo_fastai.config import IMAGENET_MEAN, IMAGENET_STD
+from pneumo_fastai.data import (
+    SeededSplitter,
+    build_dataloaders,
+    default_workers,
+    discover,
+    label_of,
+    limit_per_class,
+    uses_cache,
+)
+from pneumo_fastai.model import RESNET34_FEATURES, STEM_TO_LAYER3, build_learner, xray_head
+from pneumo_fastai.sampling import BalancedSamplingCallback, inverse_frequency_weights
+from pneumo_fastai.train import resolve_device, speed_callbacks
+from pneumo_fastai.weights import imagenet_state_dict
+
+
+class SteadyTimer(Callback):
+    """Clocks `batches` training batches after `warmup` ones, then ends the fit."""
+
+    order = 100  # after every callback that works on the batch
+
+    def __init__(self, warmup: int, batches: int):
+        self.warmup, self.batches = warmup, batches
+
+    def before_fit(self) -> None:
+        self.done, self.images, self.clock = 0, 0, Clock()
+        self.result = (float("nan"), float("nan"))
+
+    def after_batch(self) -> None:
+        if not self.training:
+            return
+        self.done += 1
+        if self.done == self.warmup:
+            self.clock.start(self.dls.device)
+        elif self.done > self.warmup:
+            self.images += len(self.yb[0])
+            if self.done == self.warmup + self.batches:
+                self.result = self.clock.stop(self.dls.device, self.images)
+                raise CancelFitException()
+
+
+@dataclass
+class Case:
+    """One pipeline setting to time, and the images/s of each of its runs."""
+
+    pipeline: str  # "ours" or "plain"
+    config: TrainConfig
+    what_if: str = ""  # ours only: "squish" (direct PIL resize), "adamw" (torch's AdamW)
+    rates: list[float] = field(default_factory=list)  # images/s
+    cpu_ms: list[float] = field(default_factory=list)  # CPU ms per image (main process)
+    setup_s: float = 0.0  # building loaders (cache fill included) and model
+    cached: bool = False
+    runner: object = None
+
+    @property
+    def workers(self) -> int:
+        return default_workers() if self.config.num_workers is None else self.config.num_workers
+
+
+class Ours:
+    """Our `Learner`, built once; `run()` times one fit of a few batches."""
+
+    def __init__(
+        self, files, config: TrainConfig, state, device, warmup: int, batches: int, what_if: str
+    ):
+        self.config, self.device = config, device
+        dls = build_dataloaders(files, config, device=device, progress=False)
+        self.cached = uses_cache(dls)
+        if what_if == "squish":
+            use_direct_squish(dls)
+        self.learn = build_learner(dls, config, state)
+        if what_if == "adamw":
+            use_torch_adamw(self.learn)
+        self.learn.remove_cb(ProgressCallback)
+        self.timer = SteadyTimer(warmup, batches)
+
+    def run(self) -> tuple[float, float]:
+        cbs = [
+            BalancedSamplingCallback(seed=self.config.seed),
+            *speed_callbacks(self.config, self.device),
+            self.timer,
+        ]
+        lr = self.config.lr
+        self.learn.fit_one_cycle(1, lr_max=slice(lr / 10, lr), cbs=cbs)
+        return self.timer.result
+
+
+class PlainXrays(Dataset):
+    """Files opened with PIL, squashed to `size`, as uint8 3 x size x size tensors."""
+
+    def __init__(self, files: list[Path], labels: list[int], size: int):
+        self.files, self.labels, self.size = files, labels, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.files[i]) as img:
+            rgb = img.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
+        return pil_to_tensor(rgb), self.labels[i]
+
+
+class PlainAugment:
+    """Per-image rotate/zoom and brightness/contrast of a uint8 batch, then ImageNet statistics."""
+
+    def __init__(self, config: TrainConfig):
+        affine = v2.RandomAffine(degrees=config.max_rotate, scale=(1.0, config.max_zoom))
+        light = v2.ColorJitter(brightness=config.max_lighting, contrast=config.max_lighting)
+        steps = [v2.RandomApply([affine], p=0.75), v2.RandomApply([light], p=0.75)]
+        if config.flip:
+            steps.insert(0, v2.RandomHorizontalFlip())
+        self.per_image = v2.Compose(steps)
+        self.normalize = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255)
+        return self.normalize(torch.stack([self.per_image(img) for img in x]))
+
+
+def plain_model(config: TrainConfig, state) -> nn.Sequential:
+    """torchvision ResNet34 body + our head, frozen up to layer4 except BatchNorm (as fastai)."""
+    net = resnet34()
+    net.load_state_dict(state)
+    body = nn.Sequential(*list(net.children())[:-2])
+    head = xray_head(RESNET34_FEATURES, config.hidden, 2, config.dropout_in, config.dropout_hidden)
+    for module in body[:STEM_TO_LAYER3].modules():
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(False)
+    return nn.Sequential(body, head)
+
+
+class Plain:
+    """The plain PyTorch loop, built once; `run()` times a few batches of a fresh epoch."""
+
+    def __init__(self, files, config: TrainConfig, state, device, warmup: int, batches: int):
+        self.config, self.device = config, device
+        self.warmup, self.batches = warmup, batches
+        train_idx, _ = SeededSplitter(config.valid_pct, config.seed, config.split)(files)
+        train = [files[i] for i in train_idx]
+        labels = [int(label_of(f) == "PNEUMONIA") for f in train]
+        self.dataset = PlainXrays(train, labels, config.size)
+        self.weights = torch.as_tensor(inverse_frequency_weights(labels))
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.model = plain_model(config, state).to(device)
+        self.channels_last = (
+            device.type == "cuda" if config.channels_last is None else config.channels_last
+        )
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        precision = config.precision
+        if precision == "auto":
+            precision = "bf16" if device.type == "cuda" else "fp32"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(
+            trainable, lr=config.lr, betas=(0.9, 0.99), eps=1e-5, weight_decay=config.wd
+        )
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.augment = PlainAugment(config)
+
+    def loader(self) -> DataLoader:
+        sampler = WeightedRandomSampler(
+            self.weights, len(self.dataset), replacement=True, generator=self.generator
+        )
+        workers = default_workers() if self.config.num_workers is None else self.config.num_workers
+        return DataLoader(
+            self.dataset,
+            batch_size=self.config.bs,
+            sampler=sampler,
+            num_workers=workers,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x = self.augment(x.to(self.device, non_blocking=True))
+        y = y.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = self.loss_fn(self.model(x).float(), y)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+
+    def run(self) -> tuple[float, float]:
+        self.model.train()
+        dl = self.loader()
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(
+            self.opt, max_lr=self.config.lr, total_steps=len(dl), pct_start=0.25
+        )
+        images, clock = 0, Clock()
+        for i, (x, y) in enumerate(dl, start=1):
+            self.step(x, y)
+            if i == self.warmup:
+                clock.start(self.device)
+            elif i > self.warmup:
+                images += len(y)
+                if i == self.warmup + self.batches:
+                    return clock.stop(self.device, images)
+        raise SystemExit(f"only {i} batches in an epoch: use more images or fewer --batches")
+
+
+def build(case: Case, files, state, device, warmup: int, batches: int) -> None:
+    """Make the case's runner, timing the setup (loaders, cache fill, model)."""
+    start = time.perf_counter()
+    if case.pipeline == "ours":
+        case.runner = Ours(files, case.config, state, device, warmup, batches, case.what_if)
+    else:
+        case.runner = Plain(files, case.config, state, device, warmup, batches)
+    case.cached = getattr(case.runner, "cached", False)
+    case.setup_s = time.perf_counter() - start
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=SHARED_DATA, help="Kaggle-layout X-rays")
+    p.add_argument("--images", type=int, help="use at most this many images (default: all)")
+    p.add_argument("--size", type=int, default=224, help="input side in pixels")
+    p.add_argument("--bs", type=int, default=32, help="batch size")
+    p.add_argument("--warmup", type=int, default=1, help="batches before the clock starts")
+    p.add_argument("--batches", type=int, default=2, help="timed batches per run")
+    p.add_argument("--repeats", type=int, default=3, help="runs per case, in turn; median kept")
+    p.add_argument("--num-workers", type=int, help="loader workers (default: default_workers())")
+    p.add_argument(
+        "--cache", choices=["auto", "on", "off"], default="auto", help="RAM cache (ours)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (both loops)")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="NHWC memory format for both (default: on CUDA only)",
+    )
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--sweep", action="store_true", help="also ours with workers 0/1/2, cache off")
+    p.add_argument("--sweep-size", type=int, default=128, help="input side for the sweep")
+    p.add_argument(
+        "--sweep-workers", type=int, nargs="+", default=[0, 1, 2], help="worker counts to sweep"
+    )
+    p.add_argument(
+        "--what-if",
+        nargs="*",
+        choices=["squish", "adamw"],
+        default=[],
+        help="also ours with a direct PIL squash resize / torch's AdamW (changes not yet made)",
+    )
+    p.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="cudnn autotuning (train() runs with set_seed(reproducible=True), which turns it off)",
+    )
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cache = {"auto": None, "on": True, "off": False}[args.cache]
+    device = resolve_device(args.device)
+    files = list(discover(args.data).files)
+    if args.images:
+        files = limit_per_class(files, (args.images + 1) // 2, seed=0)[: args.images]
+    base = TrainConfig(
+        data=args.data, size=args.size, bs=args.bs, num_workers=args.num_workers, cache=cache,
+        precision=args.precision, channels_last=args.channels_last, device=str(device),
+    )  # fmt: skip
+    cases = [Case("ours", base), Case("plain", base)]
+    cases += [Case("ours", base, what_if) for what_if in args.what_if]
+    if args.sweep:
+        small = base.replace(size=args.sweep_size)
+        cases += [Case("plain", small)]
+        cases += [
+            Case("ours", small.replace(num_workers=n, cache=True)) for n in args.sweep_workers
+        ]
+        cases += [Case("ours", small.replace(cache=False))]
+
+    print(machine_line())
+    print(
+        f"{len(files)} images from {args.data}; bs {args.bs}; {args.warmup} warm-up + "
+        f"{args.batches} timed batches per run, {args.repeats} runs per case in turn; "
+        f"device {device}, precision {args.precision}, channels-last {args.channels_last}"
+    )
+    set_seed(base.seed, reproducible=not args.cudnn_benchmark)  # what train() does
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    with tempfile.TemporaryDirectory(prefix="pneumo-bench-") as tmp:
+        state = imagenet_state_dict(random_resnet34_weights(Path(tmp)))
+        for case in cases:
+            build(case, files, state, device, args.warmup, args.batches)
+        for _ in range(args.repeats):
+            for case in cases:
+                rate, cpu_ms = case.runner.run()
+                case.rates.append(rate)
+                case.cpu_ms.append(cpu_ms)
+                gc.collect()
+
+    plain = {c.config.size: c.rates for c in cases if c.pipeline == "plain"}
+
+    def vs_plain(case: Case) -> float:
+        """Median over rounds of this case's images/s over the plain loop's in the same round."""
+        return median([r / p for r, p in zip(case.rates, plain[case.config.size], strict=True)])
+
+    rows = [
+        (
+            c.pipeline + (f"+{c.what_if}" if c.what_if else ""), c.config.size, c.workers,
+            "on" if c.cached else "off", f"{median(c.rates):.2f}", spread(c.rates),
+            f"{vs_plain(c):.2f}", f"{median(c.cpu_ms):.0f}",
+            f"{c.setup_s:.1f}",
+        )
+        for c in cases
+    ]  # fmt: skip
+    headers = ["pipeline", "size", "workers", "cache", "img/s", "min-max", "vs plain"]
+    print_table([*headers, "CPU ms/img", "setup s"], rows)
+    print(f"load average at the end: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Helpers shared by the benchmarks: machine line, stand-in weights, timing, tables, what-ifs.
+
+from benchlib import SHARED_DATA, machine_line, random_resnet34_weights, median
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+import torch
+from fastai.data.core import DataLoaders
+from fastai.learner import Learner
+from fastai.optimizer import OptimWrapper
+from fastai.vision.augment import Resize
+from fastai.vision.core import PILImage
+from fasttransform import Transform
+from PIL import Image
+from torchvision.models import resnet34
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "chest_xray"
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as `uptime` shows them."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def commit() -> str:
+    """Short hash of the checked-out commit ('+dirty' when tracked files changed), or '?'."""
+    try:
+        run = dict(cwd=REPO, capture_output=True, text=True, check=True)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], **run).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what `platform` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_line() -> str:
+    """Date, commit, CPU, cores, torch and its threads, GPU, load average: one line."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
+    return (
+        f"{datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, commit {commit()}; {cpu_name()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{gpu}; load average {load_average()}"
+    )
+
+
+def random_resnet34_weights(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised torchvision ResNet34 state dict saved in `folder`.
+
+    It stands in for the ImageNet file (no download): throughput does not depend on the weights.
+    """
+    torch.manual_seed(seed)
+    path = Path(folder) / "resnet34-random.pth"
+    torch.save(resnet34().state_dict(), path)
+    return path
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued CUDA work, so a clock read means the work is done."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Clock:
+    """Wall and process CPU time between `start()` and `stop()`, CUDA work included."""
+
+    def start(self, device: torch.device | str) -> None:
+        sync(device)
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self, device: torch.device | str, images: int) -> tuple[float, float]:
+        """(images/s, CPU ms per image of this process: its threads, not its loader workers)."""
+        sync(device)
+        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        return images / wall, 1000 * cpu / images
+
+
+def median(values: Sequence[float]) -> float:
+    """Median (NaN for no values)."""
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values: Sequence[float]) -> str:
+    """'min-max' of the values, for the table."""
+    return f"{min(values):.1f}-{max(values):.1f}" if values else "-"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Left-aligned first column, right-aligned others, widths fitted to the content."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for first, *rest in cells:
+        right = [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)]
+        print("  ".join([first.ljust(widths[0]), *right]))
+
+
+# What-ifs: changes to the package measured here before anyone makes them in the package.
+
+
+class SquishResize(Transform):
+    """Squash a PIL image to `size` x `size` with one PIL call (nothing when it already is)."""
+
+    order = 1  # where fastai's `Resize` sits
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = (size, size)
+
+    def encodes(self, x: PILImage):  # no return annotation: fastai keeps the input type
+        return x if x.size == self.size else x.resize(self.size, Image.BILINEAR)
+
+
+def use_direct_squish(dls: DataLoaders) -> None:
+    """Swap fastai's `Resize(method=Squish)` item transform for `SquishResize` in every loader."""
+    for dl in dls.loaders:
+        fs = dl.after_item.fs
+        for i, tfm in enumerate(fs):
+            if isinstance(tfm, Resize):
+                fs[i] = SquishResize(tfm.size[0])
+
+
+def use_torch_adamw(learn: Learner) -> None:
+    """Train with `torch.optim.AdamW` (foreach kernels) instead of fastai's per-tensor Adam."""
+    learn.opt_func = partial(OptimWrapper, opt=torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5)
+    learn.opt = None
+    learn.freeze_to(1)
