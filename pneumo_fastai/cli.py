@@ -49,7 +49,13 @@ def train(
     size: Annotated[
         int, typer.Option(help="Input side in pixels; images are squashed to size x size.")
     ] = _D.size,
-    bs: Annotated[int, typer.Option(help="Batch size.")] = _D.bs,
+    bs: Annotated[
+        int,
+        typer.Option(
+            help="Batch size per process: with N processes (--gpus N, accelerate launch, "
+            "torchrun) a step sees N x bs images."
+        ),
+    ] = _D.bs,
     lr: Annotated[
         float,
         typer.Option(help="Peak one-cycle learning rate (layer4 gets lr/10..lr when pretrained)."),
@@ -127,8 +133,25 @@ def train(
         Path, typer.Option(help="Folder for NAME.pkl, NAME.pth and NAME.json.")
     ] = _D.exports,
     progress: Annotated[bool, typer.Option(help="Show fastai's progress bars.")] = True,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            help="Train on this many GPUs of this machine: starts one process per GPU through "
+            "Accelerate (`accelerate launch --multi_gpu`) with the other options.",
+            show_default=False,
+        ),
+    ] = None,
+    sync_bn: Annotated[
+        bool | None,
+        typer.Option(
+            help="With several processes, synchronise BatchNorm statistics across them "
+            "(default: on with CUDA; off on CPU, where torch's SyncBatchNorm cannot run).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train ResNet34 on the X-ray folder and export NAME.pkl, NAME.pth and NAME.json."""
+    from .distributed import check_gpus, launch_on_gpus
     from .train import train as run_training
 
     try:
@@ -146,8 +169,12 @@ def train(
         raise PneumoError(
             "--weights gives ImageNet weights; it cannot be combined with --no-pretrained."
         )
+    if gpus is not None:
+        check_gpus(gpus, device)
+        if gpus > 1:
+            raise typer.Exit(launch_on_gpus(gpus, sys.argv[1:]))
     try:
-        run_training(config, progress=progress)
+        run_training(config, progress=progress, sync_bn=sync_bn)
     except KeyboardInterrupt as e:
         raise Aborted("Aborted by a second interrupt; nothing was exported.") from e
 

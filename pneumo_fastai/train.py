@@ -7,7 +7,6 @@ result = train(TrainConfig(data="../shared/data/chest_xray", epochs=3, pretraine
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from .data import (
     uses_cache,
 )
 from .dataset_check import check_dataset
+from .distributed import distributed_run, is_main_process, process_device
 from .errors import DataError, PneumoError
 from .export import CARD_SCHEMA_VERSION, ExportPaths, library_versions, write_export
 from .metrics import binary_metrics, choose_threshold
@@ -141,9 +141,13 @@ def _finite(d: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
-def validation_figures(learn: Learner, target_sensitivity: float) -> dict[str, Any]:
+def validation_figures(
+    learn: Learner,
+    target_sensitivity: float,
+    cbs: Sequence[Callback] = (),  # e.g. the distributed trainer: every rank predicts its share
+) -> dict[str, Any]:
     """Validation metrics at argmax and at the threshold chosen on the validation split."""
-    probs, targs = learn.get_preds(ds_idx=1)
+    probs, targs = learn.get_preds(ds_idx=1, cbs=list(cbs))
     y, p = targs.numpy().astype(int), probs[:, 1].numpy().astype(np.float64)
     threshold = choose_threshold(y, p, target_sensitivity)
     return {
@@ -260,35 +264,45 @@ def train(
     progress: bool = True,  # fastai's progress bars and epoch table
     log: Log = print,  # where one-line status messages go
     cbs: Sequence[Callback] = (),  # extra callbacks for this fit (loggers, custom stops)
+    sync_bn: bool | None = None,  # several processes: sync BatchNorm (None: on CUDA, off on CPU)
 ) -> TrainResult:
-    """Train, restore the best epoch, choose the threshold on validation, and export."""
+    """Train, restore the best epoch, choose the threshold on validation, and export.
+
+    Under `torchrun`/`accelerate launch` every process calls this with the same config: the data
+    is checked on each before they join up, they train as one DDP model, and rank 0 logs and
+    exports; every rank returns the same card.
+    """
     set_seed(config.seed, reproducible=True)
+    if not is_main_process():
+        log = _silent
     ds, files = training_files(config, log)
-    device = resolve_device(config.device)
+    device = process_device(resolve_device(config.device))
     imagenet = imagenet_state_dict(config.weights) if config.pretrained else None
-    dls = build_dataloaders(files, config, device=device, progress=progress)
+    dls = build_dataloaders(files, config, device=device, progress=progress and is_main_process())
     speed = speed_callbacks(config, device)
     loss_weight = class_weights(train_labels(dls), dls.c) if config.class_weighted_loss else None
     learn = build_learner(dls, config, imagenet, loss_weight)
-    if not progress:
+    if not progress or not is_main_process():
         learn.remove_cb(ProgressCallback)
     log(
         f"Training on {len(dls.train_ds)} images, validating on {len(dls.valid_ds)} "
         f"({config.split} split, seed {config.seed}) on {device}."
     )
 
-    with tempfile.TemporaryDirectory(prefix="pneumo-train-") as work:
-        learn.path, learn.model_dir = Path(work), "."
+    with distributed_run(config.exports, device, sync_bn) as run:
+        work = run.work
+        learn.path, learn.model_dir = work, "."
         best = SaveBestModel(monitor="valid_loss", fname="best")
         stopper = GracefulStop()
         balance = BalancedSamplingCallback(seed=config.seed) if config.balanced else None
         cbs = [
             EarlyStoppingCallback(monitor="valid_loss", patience=config.patience),
             best,
-            CSVLogger(fname=Path(work) / "history.csv"),
+            *([CSVLogger(fname=work / "history.csv")] if run.is_main else []),
             stopper,
             *([balance] if balance else []),
             *speed,
+            *run.callbacks,
             *cbs,
         ]
         lr = slice(config.lr / 10, config.lr) if config.pretrained else config.lr
@@ -300,22 +314,32 @@ def train(
         if best.best_epoch is None:
             raise PneumoError("Training stopped before the first epoch finished; nothing exported.")
 
-        rows = epoch_rows(learn)
-        figures = validation_figures(learn, config.target_sensitivity)
-        card = build_card(config, ds, learn, best, stopper, balance, rows, figures, seconds, speed)
         paths = ExportPaths.for_name(config.exports, config.name)
         learn.path, learn.model_dir = Path("."), "models"
-        card = write_export(
-            paths,
-            card,
-            write_pkl=lambda p: learn.export(p),
-            write_weights=lambda p: torch.save(learn.model.state_dict(), p),
-            history_src=Path(work) / "history.csv",
-            valid_rows=_valid_rows(learn, ds, figures["probabilities"]),
-        )
+        rows = epoch_rows(learn)
+        figures = validation_figures(learn, config.target_sensitivity, run.callbacks)
+        card: dict[str, Any] | None = None
+        if run.is_main:
+            card = build_card(
+                config, ds, learn, best, stopper, balance, rows, figures, seconds, speed
+            )
+            card["training"]["distributed"] = run.summary(config.bs)
+            card = write_export(
+                paths,
+                card,
+                write_pkl=lambda p: learn.export(p),
+                write_weights=lambda p: torch.save(learn.model.state_dict(), p),
+                history_src=work / "history.csv",
+                valid_rows=_valid_rows(learn, ds, figures["probabilities"]),
+            )
+        card = run.share(card)
     log(_summary(card))
     log(f"Exported {paths.pkl}, {paths.weights} and {paths.card}.")
     return TrainResult(paths=paths, card=card, learner=learn)
+
+
+def _silent(_: str) -> None:
+    """`log` on ranks other than 0: only rank 0 reports."""
 
 
 def _valid_rows(
