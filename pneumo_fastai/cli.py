@@ -161,7 +161,7 @@ def train(
             balanced=balanced, class_weighted_loss=class_weighted_loss,
             label_smoothing=label_smoothing, flip=flip, target_sensitivity=target_sensitivity,
             num_workers=num_workers, device=device, limit=limit, name=name, exports=exports,
-            cache=cache, precision=precision, channels_last=channels_last,
+            cache=cache, precision=precision, channels_last=channels_last, sync_bn=sync_bn,
         )  # fmt: skip
     except ValueError as e:
         raise PneumoError(f"Invalid option: {e}.") from e
@@ -174,7 +174,7 @@ def train(
         if gpus > 1:
             raise typer.Exit(launch_on_gpus(gpus, sys.argv[1:]))
     try:
-        run_training(config, progress=progress, sync_bn=sync_bn)
+        run_training(config, progress=progress)
     except KeyboardInterrupt as e:
         raise Aborted("Aborted by a second interrupt; nothing was exported.") from e
 

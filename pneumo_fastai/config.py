@@ -48,6 +48,7 @@ class TrainConfig:
     cache: bool | None = None  # decoded images in RAM; None: when they fit in 10% of RAM
     precision: Precision = "auto"  # auto: bf16 (or fp16) mixed precision on CUDA, fp32 on CPU
     channels_last: bool | None = None  # NHWC memory format; None: on CUDA only
+    sync_bn: bool | None = None  # several processes: SyncBatchNorm; None: on CUDA, off on CPU
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     limit: int | None = None  # keep at most this many images per class (quick runs, notebooks)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded in the card

@@ -264,7 +264,6 @@ def train(
     progress: bool = True,  # fastai's progress bars and epoch table
     log: Log = print,  # where one-line status messages go
     cbs: Sequence[Callback] = (),  # extra callbacks for this fit (loggers, custom stops)
-    sync_bn: bool | None = None,  # several processes: sync BatchNorm (None: on CUDA, off on CPU)
 ) -> TrainResult:
     """Train, restore the best epoch, choose the threshold on validation, and export.
 
@@ -289,7 +288,7 @@ def train(
         f"({config.split} split, seed {config.seed}) on {device}."
     )
 
-    with distributed_run(config.exports, device, sync_bn) as run:
+    with distributed_run(config.exports, device, config.sync_bn) as run:
         work = run.work
         learn.path, learn.model_dir = work, "."
         best = SaveBestModel(monitor="valid_loss", fname="best")
