@@ -1,13 +1,14 @@
 """Wall time of a complete `train` run with early stopping: epochs, best epoch, validation figures.
 
-    python bench/bench_run.py                     # CPU-feasible: --size 64 --limit 200, minutes
-    python bench/bench_run.py --full --device cuda --num-workers 8   # the full default, on a GPU
+    python bench/bench_run.py                  # CPU-feasible: 64 px, 100 images/class, patience 4
+    python bench/bench_run.py --full --device cuda   # the full default (224 px, patience 12), GPU
 
 Runs `pneumo_fastai.train` once (early stopping on valid loss, save-best, balanced sampling,
 export, threshold choice: everything `pneumo-fastai train` does) and prints what it took. The
-default shrinks the data (`--limit` images per class) and the input (`--size`) so that a run
-ends on a 2-core CPU; `--full` means the reference configuration (224 px, every image, bs 32,
-up to 50 epochs, patience 12). `--weights` takes torchvision's ResNet34 ImageNet file; without
+default shrinks the data (`--limit` images per class), the input (`--size`) and the patience so
+that a run ends within minutes on a 2-core CPU (about 25 s an epoch there under a load of 4-6);
+`--full` means the reference configuration (224 px, every image, bs 32, up to 50 epochs,
+patience 12). `--weights` takes torchvision's ResNet34 ImageNet file; without
 it the torch hub cache is used when it holds that file, else a random stand-in (no download:
 same speed, but validation figures are those of a random frozen body, not of ImageNet features).
 """
@@ -39,10 +40,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=SHARED_DATA, help="Kaggle-layout X-rays")
     p.add_argument("--full", action="store_true", help="the reference configuration (see above)")
     p.add_argument("--size", type=int, default=64, help="input side (--full: 224)")
-    p.add_argument("--limit", type=int, default=200, help="images per class (--full: all)")
+    p.add_argument("--limit", type=int, default=100, help="images per class (--full: all)")
     p.add_argument("--bs", type=int, default=d.bs, help="batch size")
     p.add_argument("--epochs", type=int, default=d.epochs, help="upper bound on epochs")
-    p.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience")
+    p.add_argument("--patience", type=int, default=4, help="early-stopping patience (--full: 12)")
     p.add_argument("--weights", type=Path, help="torchvision ResNet34 ImageNet weights file")
     p.add_argument("--no-pretrained", action="store_true", help="random init, nothing frozen")
     p.add_argument("--num-workers", type=int, help="loader workers (default: default_workers())")
@@ -53,7 +54,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    size, limit = (224, None) if args.full else (args.size, args.limit)
+    size, limit, patience = (
+        (224, None, TrainConfig().patience) if args.full else (args.size, args.limit, args.patience)
+    )
     print(machine_line())
     with tempfile.TemporaryDirectory(prefix="pneumo-bench-run-") as tmp:
         weights, weights_note = args.weights, "given"
@@ -65,7 +68,7 @@ def main() -> None:
                 weights_note = "random stand-in (no ImageNet file here)"
         config = TrainConfig(
             data=args.data, exports=args.exports or Path(tmp) / "exports", size=size,
-            limit=limit, bs=args.bs, epochs=args.epochs, patience=args.patience,
+            limit=limit, bs=args.bs, epochs=args.epochs, patience=patience,
             pretrained=not args.no_pretrained, weights=None if args.no_pretrained else weights,
             num_workers=args.num_workers, device=args.device,
         )  # fmt: skip
@@ -77,7 +80,7 @@ def main() -> None:
     data = card["data"]
     rows = [
         ("configuration", f"size {size}, limit {limit}, bs {args.bs}, epochs <= {args.epochs}, "
-                          f"patience {args.patience}, pretrained {config.pretrained}"),
+                          f"patience {patience}, pretrained {config.pretrained}"),
         ("weights", weights_note if config.pretrained else "none (random init)"),
         ("images", f"{data['n_train']} train, {data['n_valid']} valid "
                    f"({data['split_mode']} split)"),

@@ -74,6 +74,8 @@ from pneumo_fastai.sampling import BalancedSamplingCallback, inverse_frequency_w
 from pneumo_fastai.train import resolve_device, speed_callbacks
 from pneumo_fastai.weights import imagenet_state_dict
 
+TOO_FEW = "use more --images, a smaller --bs, or fewer --warmup/--batches"
+
 
 class SteadyTimer(Callback):
     """Clocks `batches` training batches after `warmup` ones, then ends the fit."""
@@ -143,6 +145,8 @@ class Ours:
         ]
         lr = self.config.lr
         self.learn.fit_one_cycle(1, lr_max=slice(lr / 10, lr), cbs=cbs)
+        if self.timer.done < self.timer.warmup + self.timer.batches:
+            raise SystemExit(f"only {self.timer.done} batches in an epoch: {TOO_FEW}")
         return self.timer.result
 
 
@@ -252,7 +256,7 @@ class Plain:
         self.model.train()
         dl = self.loader()
         self.sched = torch.optim.lr_scheduler.OneCycleLR(
-            self.opt, max_lr=self.config.lr, total_steps=len(dl), pct_start=0.25
+            self.opt, max_lr=self.config.lr, total_steps=max(len(dl), 8), pct_start=0.25
         )
         images, clock = 0, Clock()
         for i, (x, y) in enumerate(dl, start=1):
@@ -263,7 +267,7 @@ class Plain:
                 images += len(y)
                 if i == self.warmup + self.batches:
                     return clock.stop(self.device, images)
-        raise SystemExit(f"only {i} batches in an epoch: use more images or fewer --batches")
+        raise SystemExit(f"only {len(dl)} batches in an epoch: {TOO_FEW}")
 
 
 def build(case: Case, files, state, device, warmup: int, batches: int) -> None:
@@ -336,7 +340,8 @@ def main() -> None:
     cases += [Case("ours", base, what_if) for what_if in args.what_if]
     if args.sweep:
         small = base.replace(size=args.sweep_size)
-        cases += [Case("plain", small)]
+        if args.sweep_size != args.size:
+            cases += [Case("plain", small)]
         cases += [
             Case("ours", small.replace(num_workers=n, cache=True)) for n in args.sweep_workers
         ]
@@ -361,7 +366,7 @@ def main() -> None:
                 case.cpu_ms.append(cpu_ms)
                 gc.collect()
 
-    plain = {c.config.size: c.rates for c in cases if c.pipeline == "plain"}
+    plain = {c.config.size: c.rates for c in reversed(cases) if c.pipeline == "plain"}
 
     def vs_plain(case: Case) -> float:
         """Median over rounds of this case's images/s over the plain loop's in the same round."""
