@@ -270,6 +270,25 @@ class Plain:
         raise SystemExit(f"only {len(dl)} batches in an epoch: {TOO_FEW}")
 
 
+def augmentation_ms(ours: Ours, plain: Plain, repeats: int = 5) -> dict[str, tuple[float, float]]:
+    """(wall ms, CPU ms) per batch of each loop's batch augmentation alone, on one uint8 batch."""
+    dl = ours.learn.dls.train
+    xb, yb = dl.create_batch([dl.do_item(i) for i in range(dl.bs)])
+    raw = xb.as_subclass(torch.Tensor).to(ours.device)
+    fastai_batch = (xb.to(ours.device), yb.to(ours.device))
+    work = {"ours": lambda: dl.after_batch(fastai_batch), "plain": lambda: plain.augment(raw)}
+    out = {}
+    for name, fn in work.items():
+        fn()  # warm-up
+        clock = Clock()
+        clock.start(ours.device)
+        for _ in range(repeats):
+            fn()
+        rate, cpu_ms = clock.stop(ours.device, repeats)
+        out[name] = (1000 / rate, cpu_ms)
+    return out
+
+
 def build(case: Case, files, state, device, warmup: int, batches: int) -> None:
     """Make the case's runner, timing the setup (loaders, cache fill, model)."""
     start = time.perf_counter()
@@ -383,6 +402,11 @@ def main() -> None:
     ]  # fmt: skip
     headers = ["pipeline", "size", "workers", "cache", "img/s", "min-max", "vs plain"]
     print_table([*headers, "CPU ms/img", "setup s"], rows)
+    aug = augmentation_ms(cases[0].runner, cases[1].runner)
+    print(
+        "batch augmentation alone, one batch (wall ms / CPU ms): "
+        + ", ".join(f"{name} {wall:.0f} / {cpu:.0f}" for name, (wall, cpu) in aug.items())
+    )
     print(f"load average at the end: {load_average()}")
 
 
