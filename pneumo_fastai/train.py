@@ -315,6 +315,8 @@ def train(
 
         paths = ExportPaths.for_name(config.exports, config.name)
         learn.path, learn.model_dir = Path("."), "models"
+        learn.logger = print  # CSVLogger restores whatever logger a caller's callback set
+
         rows = epoch_rows(learn)
         figures = validation_figures(learn, config.target_sensitivity, run.callbacks)
         card: dict[str, Any] | None = None
