@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chest_xray"
@@ -60,3 +63,21 @@ def real_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for src in sorted((shared / "train" / cls).iterdir())[:n]:
             shutil.copy(src, dest / src.name)
     return root
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread: fastest for tiny CPU batches, and more threads spin on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """`one_torch_thread` for a whole test module (`pytest.mark.usefixtures`)."""
+    with one_torch_thread():
+        yield

@@ -13,14 +13,7 @@ from pneumo_fastai.interpret import CAPTIONS, grad_cam, read_history, training_f
 
 from . import test_evaluate as shared
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny CPU batches run fastest on one thread on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,10 @@ import io
 import json
 import shutil
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
@@ -32,6 +29,8 @@ from pneumo_fastai.predict import (
     load_model,
 )
 from pneumo_fastai.train import train
+
+from .conftest import one_torch_thread
 
 
 def xray(seed: int, size: tuple[int, int] = (96, 80)) -> np.ndarray:
@@ -87,21 +86,7 @@ def every_kind(folder: Path) -> list[Path]:
     return paths
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """One torch thread: fastest for tiny CPU batches, and more threads spin on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +109,7 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
         device="cpu",
         exports=tmp_path_factory.mktemp("predict_exp"),
     )
-    with one_thread():  # session fixtures are set up before the module's `_one_thread`
+    with one_torch_thread():  # session fixtures are set up before the module's `_one_thread`
         return train(config, progress=False, log=lambda _: None).paths.card
 
 
