@@ -33,14 +33,9 @@ from PIL import Image  # noqa: E402
 
 from pneumo_fastai import TrainConfig, train  # noqa: E402
 from pneumo_fastai.config import CLASSES  # noqa: E402
-from pneumo_fastai.data import (  # noqa: E402
-    discover,
-    label_of,
-    limit_per_class,
-    patient_id,
-    patient_split,
-)
+from pneumo_fastai.data import limit_per_class  # noqa: E402
 from pneumo_fastai.errors import DataError  # noqa: E402
+from pneumo_fastai.holdout import carve_holdout  # noqa: E402
 
 NBS = Path(__file__).resolve().parent
 QUICK = os.environ.get("PNEUMO_QUICK", "").strip().lower() not in ("", "0", "false", "no")
@@ -95,37 +90,27 @@ def require_data() -> Path:
     return DATA
 
 
-def _link(files: list[Path], root: Path, dest: Path) -> None:
-    """Symbolic links in dest/CLASS/ to `files` (root/SPLIT/CLASS/NAME)."""
-    for f in files:
-        target = dest / Path(*f.relative_to(root).parts[1:])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(f)
-
-
 def holdout_dataset(data: Path | None = None) -> Path:
     """A dataset root with a test/ split: `data` itself if it has one, else a patient-held-out view.
 
-    The view lives under WORK and holds symbolic links, not copies: train/ gets the images of
-    85% of the patients and test/ the other 15% (grouped by patient, stratified by class, with
-    the package's own `patient_split`), so no patient is in both. In quick mode test/ keeps only
-    a few images per class.
+    The view lives under WORK and holds symbolic links, not copies (`pneumo-fastai data
+    holdout`): train/ gets the images of 85% of the patients and test/ the other 15%, grouped by
+    patient and stratified by class, so no patient is in both. In quick mode test/ keeps only a
+    few images per class.
     """
     data = data or require_data()
     if (data / "test").is_dir():
         return data
-    ds = discover(data)
-    files = list(ds.files)
-    labels = [label_of(f) for f in files]
-    train_idx, test_idx = patient_split(labels, [patient_id(f) for f in files], TEST_PCT, SEED)
-    test = [files[i] for i in test_idx]
-    if S.test_per_class is not None:
-        test = limit_per_class(test, S.test_per_class, SEED)
     view = WORK / "chest_xray_holdout"
     if view.exists():
         shutil.rmtree(view)  # removes the links only, never what they point to
-    for split, chosen in (("train", [files[i] for i in train_idx]), ("test", test)):
-        _link(chosen, ds.root, view / split)
+    carve_holdout(data, view, pct=TEST_PCT, seed=SEED)
+    if S.test_per_class is not None:
+        test = sorted(p for p in (view / "test").rglob("*") if p.is_symlink())
+        keep = set(limit_per_class(test, S.test_per_class, SEED))
+        for link in test:
+            if link not in keep:
+                link.unlink()
     return view
 
 
