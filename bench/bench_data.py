@@ -6,7 +6,7 @@
 First it makes `--images` full-size JPEGs (2000x1600, quality 90, light noise so that they hold
 about as many bytes as real radiographs) by upscaling real X-rays from ../shared/data/chest_xray
 into a temp folder in the Kaggle layout, and a prepared copy of them with
-`pneumo_fastai.prepare.prepare_dataset` (PNG, shorter side `--prepare-size`).
+`pneumo_fastai.datatools.prepare.prepare_dataset` (PNG, shorter side `--prepare-size`).
 1. decode: one process, `--decode-images` images once per run, each to a `--size` squashed image:
    full (`load_xray(path)` + resize), draft (`load_xray(path, draft=size)` + resize), prepared
    (`load_xray(png)` + resize) and cache (reads from the dict that `fill_cache` made). The one-off
@@ -43,12 +43,19 @@ from benchlib import (
 from PIL import Image
 
 from pneumo_fastai import TrainConfig
-from pneumo_fastai.cache import fill_cache
-from pneumo_fastai.data import build_dataloaders, default_workers, discover, limit_per_class
-from pneumo_fastai.images import load_xray
-from pneumo_fastai.prepare import prepare_dataset
-from pneumo_fastai.sampling import SeededWeightedDL, inverse_frequency_weights, train_labels
-from pneumo_fastai.train import resolve_device
+from pneumo_fastai.data.block import build_dataloaders
+from pneumo_fastai.data.cache import fill_cache
+from pneumo_fastai.data.images import load_xray
+from pneumo_fastai.data.layout import discover
+from pneumo_fastai.data.split import limit_per_class
+from pneumo_fastai.datatools.prepare import prepare_dataset
+from pneumo_fastai.device import resolve_device
+from pneumo_fastai.fileio import worker_count
+from pneumo_fastai.training.sampling import (
+    SeededWeightedDL,
+    inverse_frequency_weights,
+    train_labels,
+)
 
 FULL_SIZE = (2000, 1600)  # width, height: a typical digital chest radiograph
 
@@ -126,7 +133,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--size", type=int, default=224, help="training input side in pixels")
     p.add_argument("--prepare-size", type=int, default=256, help="shorter side of prepared PNGs")
     p.add_argument("--bs", type=int, default=32, help="batch size of the loader")
-    p.add_argument("--num-workers", type=int, help="loader workers (default: default_workers())")
+    p.add_argument("--num-workers", type=int, help="loader workers (default: cores - 1, at most 8)")
     p.add_argument("--device", default="auto", help="where batch augmentation runs")
     p.add_argument("--repeats", type=int, default=3, help="runs per measurement, in turn")
     p.add_argument("--epochs", type=int, default=25, help="epochs in the training estimate")
@@ -140,7 +147,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    workers = default_workers() if args.num_workers is None else args.num_workers
+    workers = worker_count(beside_compute=True) if args.num_workers is None else args.num_workers
     ds = discover(args.data)
     sources = limit_per_class(list(ds.files), (args.images + 1) // 2, seed=0)[: args.images]
     print(machine_line())

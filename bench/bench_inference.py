@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 from pneumo_fastai import TrainConfig, load_model
-from pneumo_fastai.data import discover, limit_per_class
-from pneumo_fastai.predict import XrayClassifier
-from pneumo_fastai.train import train
+from pneumo_fastai.data.layout import discover
+from pneumo_fastai.data.split import limit_per_class
+from pneumo_fastai.inference.predict import XrayClassifier
+from pneumo_fastai.training.train import train
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chest_xray"
 

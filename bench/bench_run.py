@@ -46,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=4, help="early-stopping patience (--full: 12)")
     p.add_argument("--weights", type=Path, help="torchvision ResNet34 ImageNet weights file")
     p.add_argument("--no-pretrained", action="store_true", help="random init, nothing frozen")
-    p.add_argument("--num-workers", type=int, help="loader workers (default: default_workers())")
+    p.add_argument("--num-workers", type=int, help="loader workers (default: cores - 1, at most 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--exports", type=Path, help="export folder (default: a temp folder)")
     return p.parse_args()
@@ -75,7 +75,7 @@ def main() -> None:
         start = time.perf_counter()
         result = train(config, progress=False)
         train_s = time.perf_counter() - start
-    card = result.card
+    card = result.card.model_dump()
     t, v = card["training"], card["validation"]["at_threshold"]
     data = card["data"]
     rows = [

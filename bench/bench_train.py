@@ -60,18 +60,15 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from pneumo_fastai import TrainConfig
 from pneumo_fastai.config import IMAGENET_MEAN, IMAGENET_STD
-from pneumo_fastai.data import (
-    SeededSplitter,
-    build_dataloaders,
-    default_workers,
-    discover,
-    label_of,
-    limit_per_class,
-    uses_cache,
-)
+from pneumo_fastai.data.block import build_dataloaders, uses_cache
+from pneumo_fastai.data.layout import discover
+from pneumo_fastai.data.names import label_of
+from pneumo_fastai.data.split import SeededSplitter, limit_per_class
+from pneumo_fastai.device import resolve_compute, resolve_device
+from pneumo_fastai.fileio import worker_count
 from pneumo_fastai.model import RESNET34_FEATURES, STEM_TO_LAYER3, build_learner, xray_head
-from pneumo_fastai.sampling import BalancedSamplingCallback, inverse_frequency_weights
-from pneumo_fastai.train import resolve_device, speed_callbacks
+from pneumo_fastai.training.sampling import BalancedSamplingCallback, inverse_frequency_weights
+from pneumo_fastai.training.train import speed_callbacks
 from pneumo_fastai.weights import imagenet_state_dict
 
 TOO_FEW = "use more --images, a smaller --bs, or fewer --warmup/--batches"
@@ -117,7 +114,11 @@ class Case:
 
     @property
     def workers(self) -> int:
-        return default_workers() if self.config.num_workers is None else self.config.num_workers
+        return (
+            worker_count(beside_compute=True)
+            if self.config.num_workers is None
+            else self.config.num_workers
+        )
 
 
 class Ours:
@@ -140,7 +141,9 @@ class Ours:
     def run(self) -> tuple[float, float]:
         cbs = [
             BalancedSamplingCallback(seed=self.config.seed),
-            *speed_callbacks(self.config, self.device),
+            *speed_callbacks(
+                resolve_compute(self.device, self.config.precision, self.config.channels_last)
+            ),
             self.timer,
         ]
         lr = self.config.lr
@@ -229,7 +232,11 @@ class Plain:
         sampler = WeightedRandomSampler(
             self.weights, len(self.dataset), replacement=True, generator=self.generator
         )
-        workers = default_workers() if self.config.num_workers is None else self.config.num_workers
+        workers = (
+            worker_count(beside_compute=True)
+            if self.config.num_workers is None
+            else self.config.num_workers
+        )
         return DataLoader(
             self.dataset,
             batch_size=self.config.bs,
@@ -309,7 +316,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="batches before the clock starts")
     p.add_argument("--batches", type=int, default=2, help="timed batches per run")
     p.add_argument("--repeats", type=int, default=3, help="runs per case, in turn; median kept")
-    p.add_argument("--num-workers", type=int, help="loader workers (default: default_workers())")
+    p.add_argument("--num-workers", type=int, help="loader workers (default: cores - 1, at most 8)")
     p.add_argument(
         "--cache", choices=["auto", "on", "off"], default="auto", help="RAM cache (ours)"
     )

@@ -75,7 +75,7 @@ fi
 } | tee -a "$SUMMARY"
 "$PY" - <<'EOF' 2>&1 | tee -a "$SUMMARY"
 import sys, torch, torchvision, fastai, PIL, pydicom
-import pneumo_fastai.cli, pneumo_fastai.prepare, pneumo_fastai.train  # what the steps import
+import pneumo_fastai.cli, pneumo_fastai.datatools.prepare, pneumo_fastai.training.train  # what the steps import
 print(f"python {sys.version.split()[0]}, torch {torch.__version__}, torchvision "
       f"{torchvision.__version__}, fastai {fastai.__version__}, pillow {PIL.__version__}, "
       f"pydicom {pydicom.__version__}, CUDA {torch.cuda.is_available()}")

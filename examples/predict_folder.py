@@ -17,9 +17,9 @@ from pathlib import Path
 
 from fastai.learner import load_learner
 
-import pneumo_fastai  # the pickle refers to pneumo_fastai's transforms, splitter and callbacks
-from pneumo_fastai.export import read_card, verify_file
-from pneumo_fastai.predict import expand_inputs
+import pneumo_fastai
+from pneumo_fastai.card import read_card, verify_file
+from pneumo_fastai.inference.inputs import expand_inputs
 
 
 def main() -> None:
@@ -32,13 +32,12 @@ def main() -> None:
 
     print("1. fastai: load_learner + learn.predict")
     card = read_card(args.model)
-    threshold = card["decision_threshold"]["value"]
+    threshold = card.decision_threshold.value
     learn = load_learner(verify_file(card, args.model, "pkl"), cpu=True)
     for f in files[:3]:
-        # fastai needs a Path: its test_dl matches the item's type against the training items'
-        label, _, probs = learn.predict(Path(f))
+        label, _, probs = learn.predict(f)  # a path, str, PIL image, numpy array or bytes
         p = float(probs[1])
-        at_threshold = card["classes"][int(p >= threshold)]
+        at_threshold = card.classes[int(p >= threshold)]
         print(
             f"  {f.name}: P(PNEUMONIA)={p:.3f}, argmax {label}, at {threshold:.3g} {at_threshold}"
         )

@@ -33,9 +33,9 @@ from PIL import Image  # noqa: E402
 
 from pneumo_fastai import TrainConfig, train  # noqa: E402
 from pneumo_fastai.config import CLASSES  # noqa: E402
-from pneumo_fastai.data import limit_per_class  # noqa: E402
+from pneumo_fastai.data.split import limit_per_class  # noqa: E402
 from pneumo_fastai.errors import DataError  # noqa: E402
-from pneumo_fastai.holdout import carve_holdout  # noqa: E402
+from pneumo_fastai.datatools.holdout import carve_holdout  # noqa: E402
 
 NBS = Path(__file__).resolve().parent
 QUICK = os.environ.get("PNEUMO_QUICK", "").strip().lower() not in ("", "0", "false", "no")

@@ -46,6 +46,21 @@ def xray_head(
     )
 
 
+def _layer_name(layer: nn.Module) -> str:
+    if isinstance(layer, nn.Linear):
+        return f"Linear({layer.in_features},{layer.out_features})"
+    if isinstance(layer, nn.Dropout):
+        return f"Dropout({layer.p:g})"
+    if isinstance(layer, nn.AdaptiveAvgPool2d):
+        return "AdaptiveAvgPool"
+    return type(layer).__name__
+
+
+def describe(module: nn.Sequential) -> str:
+    """One line naming each layer of `module` in order (the card's head description)."""
+    return " -> ".join(_layer_name(layer) for layer in module)
+
+
 def layer4_splitter(model: nn.Module) -> list:
     """Parameter groups [stem..layer3], [layer4], [head]."""
     body, head = model[0], model[1]

@@ -4,7 +4,8 @@ import torchvision
 from torch import nn
 
 from pneumo_fastai.config import TrainConfig
-from pneumo_fastai.data import build_dataloaders, discover
+from pneumo_fastai.data.block import build_dataloaders
+from pneumo_fastai.data.layout import discover
 from pneumo_fastai.errors import WeightsError
 from pneumo_fastai.model import build_learner, build_model, layer4_splitter, xray_head
 from pneumo_fastai.weights import load_body_weights, read_state_dict

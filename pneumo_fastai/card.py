@@ -1,0 +1,268 @@
+"""The model card: a typed, versioned description of an export, written by training, read by all.
+
+    from pneumo_fastai.card import read_card, verify_file
+    card = read_card("exports/pneumo_resnet34.json")   # validated; ModelFileError if not
+    card.decision_threshold.value, card.input.size, card.train_config().seed
+    weights = verify_file(card, "exports/pneumo_resnet34.json", "weights")  # sha256 checked
+
+An export is `NAME.json` (this card) beside the files it lists with their sha256: `NAME.pkl`
+(fastai Learner), `NAME.pth` (weights only), `NAME.history.csv`, `NAME.valid.csv`. The card is a
+pydantic model rather than a dataclass because every consumer must validate what it reads: a
+missing or mistyped field is refused with its dotted location ("decision_threshold.value"), not a
+KeyError three modules later. Sections keep keys they do not know (`extra="allow"`), so reading
+and rewriting a card never drops what a newer minor writer added. Nothing here imports torch.
+
+Schema history: 1 (pneumo-fastai 0.1.0); 2 adds `kind` and a head description derived from the
+module itself. A card of schema 1 is read as schema 2 with `kind="single"`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .config import TrainConfig
+from .errors import ModelFileError
+from .fileio import sha256_file
+
+CARD_SCHEMA_VERSION = 2
+SHA256 = r"^[0-9a-f]{64}$"
+Number = float | None  # a figure; None where the data leave it undefined
+
+
+class Section(BaseModel):
+    """A part of the card: validated, keeping unknown keys."""
+
+    model_config = ConfigDict(extra="allow", frozen=False, protected_namespaces=())
+
+
+class Normalization(Section):
+    mean: list[float]
+    std: list[float]
+
+
+class InputSpec(Section):
+    """What the network expects, and how every engine gets there from a file."""
+
+    size: int = Field(ge=1)  # square side in pixels
+    resize: Literal["squash"]  # the whole image squashed to size x size (no crop)
+    channels: int  # 3: gray copied to RGB
+    source: str  # how a file becomes those channels
+    normalize: Normalization  # per-channel mean and std on 0..1 values
+
+
+class Architecture(Section):
+    body: str
+    head: str  # derived from the head module (`model.describe`)
+    param_groups: list[str]
+    frozen: str
+
+
+class DataFacts(Section):
+    """Which images trained and validated the model."""
+
+    root: str
+    split_mode: str
+    seed: int
+    valid_pct: float
+    n_train: int
+    n_valid: int
+    train_counts: dict[str, int]
+    valid_counts: dict[str, int]
+    train_fingerprint: str
+    valid_fingerprint: str
+    skipped_files: int
+
+
+class TrainingFacts(Section):
+    """How the run went."""
+
+    device: str
+    epochs_run: int
+    best_epoch: int
+    stopped_early: bool
+    interrupted: bool
+    interrupted_at_epoch: int | None
+    balanced_first_epoch_fractions: dict[str, float] | None
+    seconds: float
+    seconds_per_epoch: float
+    precision: str
+    channels_last: bool
+    compute_rule: str | None = None  # why that precision and memory format (schema 2)
+    cached_in_ram: bool
+    num_workers: int
+    distributed: dict[str, Any] | None = None
+
+
+class Validation(Section):
+    """Figures on the validation split: the best epoch's row, argmax and the decision threshold."""
+
+    best_epoch: dict[str, Number]
+    argmax: dict[str, Number]
+    at_threshold: dict[str, Number]
+
+
+class DecisionThreshold(Section):
+    value: float = Field(ge=0.0, le=1.0)  # PNEUMONIA where P(PNEUMONIA) >= value
+    target_sensitivity: float | None = None
+    rule: str
+
+
+class FileEntry(Section):
+    name: str  # file name, beside the card
+    sha256: str = Field(pattern=SHA256)
+
+
+class ModelCard(Section):
+    """The whole card (see the module docstring)."""
+
+    schema_version: int
+    kind: Literal["single"] = "single"
+    name: str
+    created: str
+    classes: list[str]
+    positive_class: str
+    input: InputSpec
+    architecture: Architecture
+    config: dict[str, Any]
+    data: DataFacts
+    training: TrainingFacts
+    validation: Validation
+    decision_threshold: DecisionThreshold
+    versions: dict[str, str]
+    files: dict[str, FileEntry]
+
+    def train_config(self) -> TrainConfig:
+        """The training configuration recorded in the card."""
+        try:
+            return TrainConfig.from_dict(self.config)
+        except (TypeError, ValueError) as e:
+            raise ModelFileError(f"The card's config cannot be read ({e}).") from e
+
+    def to_json(self) -> str:
+        """The card as indented JSON (NaN written as null)."""
+        return json.dumps(self.model_dump(mode="json"), indent=2, allow_nan=False) + "\n"
+
+
+@dataclass(frozen=True)
+class ExportPaths:
+    """Where one export's files live."""
+
+    pkl: Path  # fastai Learner pickle (`load_learner`)
+    weights: Path  # state dict only, loads without unpickling code
+    card: Path  # JSON model card
+    history: Path  # per-epoch CSV written by fastai's CSVLogger
+    valid: Path  # validation predictions (file, label, probability of PNEUMONIA)
+
+    @classmethod
+    def for_name(cls, folder: Path, name: str) -> ExportPaths:
+        """The paths of export `name` inside `folder`."""
+        folder = Path(folder)
+        return cls(
+            pkl=folder / f"{name}.pkl",
+            weights=folder / f"{name}.pth",
+            card=folder / f"{name}.json",
+            history=folder / f"{name}.history.csv",
+            valid=folder / f"{name}.valid.csv",
+        )
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that matter for reloading and reproducing a model (read without importing)."""
+    out = {}
+    for name, dist in (
+        ("pneumo_fastai", "pneumo-fastai"),
+        ("fastai", "fastai"),
+        ("torch", "torch"),
+        ("torchvision", "torchvision"),
+    ):
+        try:
+            out[name] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return out | {"python": platform.python_version()}
+
+
+def card_path_of(path: Path | str) -> Path:
+    """The card of an export given as its .json, .pkl or .pth, or a folder holding one card."""
+    path = Path(path)
+    if path.is_dir():
+        cards = sorted(path.glob("*.json"))
+        if len(cards) != 1:
+            raise ModelFileError(
+                f"{path} is a folder with {len(cards)} model cards; "
+                "pass one export's .json, .pkl or .pth."
+            )
+        return cards[0]
+    return path if path.suffix == ".json" else path.with_suffix(".json")
+
+
+def _where(error: dict[str, Any]) -> str:
+    return ".".join(str(part) for part in error["loc"]) or "(the card itself)"
+
+
+def parse_card(data: Any, source: Path | str = "model card") -> ModelCard:
+    """Validate a card's JSON object; refuse a newer schema or a missing or mistyped field."""
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{source} is not a model card (a JSON object was expected).")
+    schema = data.get("schema_version")
+    if not isinstance(schema, int):
+        raise ModelFileError(
+            f"{source} has no schema_version: it is not a pneumo-fastai model card. Pass the "
+            "NAME.json that `pneumo-fastai train` wrote."
+        )
+    if schema > CARD_SCHEMA_VERSION:
+        raise ModelFileError(
+            f"{source} has schema {schema}, newer than this pneumo-fastai understands "
+            f"({CARD_SCHEMA_VERSION}); upgrade pneumo-fastai."
+        )
+    try:
+        return ModelCard.model_validate(data)
+    except ValidationError as e:
+        missing = [_where(err) for err in e.errors() if err["type"] == "missing"]
+        if missing:
+            raise ModelFileError(
+                f"{source} is missing {', '.join(missing)}; it cannot be used. Re-export the "
+                "model with `pneumo-fastai train`."
+            ) from e
+        wrong = "; ".join(f"{_where(err)}: {err['msg']}" for err in e.errors()[:5])
+        raise ModelFileError(f"{source} has invalid values ({wrong}).") from e
+
+
+def read_card(path: Path | str) -> ModelCard:
+    """Load and validate the card of export `path` (its .json, .pkl, .pth, or folder)."""
+    card_path = card_path_of(path)
+    if not card_path.is_file():
+        raise ModelFileError(
+            f"Model card {card_path} not found. Pass an export from `pneumo-fastai train` "
+            "(NAME.pkl, NAME.pth and NAME.json side by side)."
+        )
+    try:
+        data = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFileError(f"Model card {card_path} is not valid JSON ({e}).") from e
+    return parse_card(data, f"Model card {card_path}")
+
+
+def verify_file(card: ModelCard, card_path: Path | str, kind: str) -> Path:
+    """Path of the card's `kind` file ('pkl', 'weights', 'valid'), after checking its sha256."""
+    entry = card.files.get(kind)
+    if entry is None:
+        raise ModelFileError(f"Model card {card_path} lists no {kind} file; re-export the model.")
+    path = Path(card_path).parent / entry.name
+    if not path.is_file():
+        raise ModelFileError(f"{path} is missing; it belongs to model card {card_path}.")
+    actual = sha256_file(path)
+    if actual != entry.sha256:
+        raise ModelFileError(
+            f"{path} does not match its model card (sha256 {actual[:12]}… instead of "
+            f"{entry.sha256[:12]}…): the file was modified or belongs to another export. "
+            "Refusing to load it."
+        )
+    return path

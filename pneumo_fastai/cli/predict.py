@@ -1,0 +1,79 @@
+"""`pneumo-fastai predict`: thin option parsing and printing over `inference.predict`.
+
+pneumo-fastai predict exports/pneumo_resnet34.json scans/ "more/*.dcm" --out preds.csv
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..inference.results import OUTPUT_COLUMNS
+from .options import BsOpt, DeviceOpt, ModelArg, PickleOpt, PrecisionOpt
+
+
+def predict_command(
+    model: ModelArg,
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files (JPEG, PNG, TIFF, DICOM), folders (searched recursively for those "
+            "suffixes and for DICOM files without one) and glob patterns such as 'scans/**/*.dcm'.",
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the results to this file: .csv or .jsonl (one JSON object per line), "
+            f"columns {', '.join(OUTPUT_COLUMNS)}."
+        ),
+    ] = None,
+    tta: Annotated[
+        bool, typer.Option(help="Average over test-time augmentation (slower, not seeded).")
+    ] = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    bs: BsOpt = 32,
+    trust_pickle: PickleOpt = False,
+) -> None:
+    """Predict NORMAL vs PNEUMONIA for X-ray images with an exported model.
+
+    Files that cannot be read get an error row; the others are still predicted.
+
+    Exit status: 0 every file predicted, 1 some file failed, 2 usage error (e.g. missing model).
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from ..inference.inputs import expand_inputs
+    from ..inference.predict import load_model
+    from ..inference.results import check_output_path, write_predictions
+    from .render import print_predictions
+
+    if out is not None:
+        check_output_path(out)
+    files = expand_inputs(paths)
+    classifier = load_model(model, trust_pickle=trust_pickle, device=device, precision=precision)
+    progress = Progress(
+        *Progress.get_default_columns()[:1],
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("Predicting", total=len(files))
+        preds = []
+        for pred in classifier.iter_predictions(files, bs=bs, tta=tta):
+            preds.append(pred)
+            progress.advance(task)
+    console = Console()
+    print_predictions(preds, classifier.threshold, console)
+    if out is not None:
+        write_predictions(preds, out)
+        console.print(f"Wrote {out}.")
+    if any(not p.ok for p in preds):
+        raise typer.Exit(1)

@@ -1,0 +1,77 @@
+"""`pneumo-fastai train`: options generated from `TrainConfig`, then `training.train` runs.
+
+pneumo-fastai train --data ../shared/data/chest_xray --no-pretrained --epochs 3
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from ..config import TrainConfig
+from ..errors import Aborted, PneumoError
+from .options import config_parameters, with_parameters
+
+INTERRUPTED_EXIT = 130  # the shell's code for a run ended by Ctrl-C (SIGINT)
+
+_EXTRA = [
+    inspect.Parameter(
+        "progress",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=True,
+        annotation=Annotated[bool, typer.Option(help="Show fastai's progress bars.")],
+    ),
+    inspect.Parameter(
+        "gpus",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            int | None,
+            typer.Option(
+                help="Train on this many GPUs of this machine: starts one process per GPU "
+                "through Accelerate (`accelerate launch --multi_gpu`) with the other options.",
+                show_default=False,
+            ),
+        ],
+    ),
+]
+
+
+def _train(**options: Any) -> None:
+    """Train ResNet34 on the X-ray folder and export NAME.pkl, NAME.pth and NAME.json.
+
+    Exit status: 0 trained and exported, 2 a usage or data error, 130 interrupted (the best
+    epoch so far is still exported, its card marked interrupted).
+    """
+    progress, gpus = options.pop("progress"), options.pop("gpus")
+    try:
+        config = TrainConfig(**options)
+    except ValueError as e:
+        raise PneumoError(f"Invalid option: {e}.") from e
+    if config.weights is not None and not config.pretrained:
+        raise PneumoError(
+            "--weights gives ImageNet weights; it cannot be combined with --no-pretrained."
+        )
+    if gpus is not None:
+        from .launch import check_gpus, launch_on_gpus
+
+        check_gpus(gpus, config.device)
+        if gpus > 1:
+            raise typer.Exit(launch_on_gpus(gpus, sys.argv[1:]))
+    from ..training.train import train
+
+    try:
+        result = train(config, progress=progress)
+    except KeyboardInterrupt as e:
+        raise Aborted("Aborted by a second interrupt; nothing was exported.") from e
+    if result.card.training.interrupted:
+        raise typer.Exit(INTERRUPTED_EXIT)
+
+
+train_command = with_parameters(
+    _train,
+    config_parameters(required=("data",), options={"data": {"envvar": "PNEUMO_DATA"}}) + _EXTRA,
+)

@@ -1,0 +1,1 @@
+"""Inference on an export: load it safely, expand inputs, predict, write results."""

@@ -1,0 +1,147 @@
+"""The export of a finished run: the model card built from it, and its files written atomically.
+
+Files: NAME.pkl (fastai Learner), NAME.pth (weights only), NAME.history.csv (fastai's CSVLogger),
+NAME.valid.csv (validation predictions) and NAME.json, the card (see `card.py`) listing the others
+with their sha256. Every file is first written under a temporary name in the export folder and
+renamed into place only when all of them are complete, so a failed or interrupted run never
+replaces a good export.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from fastai.learner import Learner
+
+from ..card import CARD_SCHEMA_VERSION, ExportPaths, ModelCard, library_versions, parse_card
+from ..config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, TrainConfig
+from ..data.block import uses_cache
+from ..data.layout import DatasetFiles, class_counts, fingerprint
+from ..device import ComputePlan
+from ..fileio import sha256_file, staged_files
+from ..model import describe
+from .callbacks import GracefulStop, SaveBestModel
+from .sampling import BalancedSamplingCallback
+
+THRESHOLD_RULE = "highest specificity with PNEUMONIA sensitivity >= target, on validation"
+
+
+def build_card(
+    config: TrainConfig,
+    ds: DatasetFiles,
+    learn: Learner,
+    best: SaveBestModel,
+    stopper: GracefulStop,
+    balance: BalancedSamplingCallback | None,
+    rows: Sequence[dict[str, float | None]],  # per-epoch losses and metrics
+    figures: dict[str, Any],  # `validation_figures`
+    seconds: float,  # wall time of `fit`
+    plan: ComputePlan,  # the precision and memory format that ran
+    distributed: dict[str, Any],  # `DistributedRun.summary`
+) -> dict[str, Any]:
+    """The model card's fields for a finished run (the `files` section is added when writing)."""
+    train_files = list(learn.dls.train_ds.items)
+    valid_files = list(learn.dls.valid_ds.items)
+    epochs_run = len(rows)
+    best_epoch = best.best_epoch
+    return {
+        "schema_version": CARD_SCHEMA_VERSION,
+        "kind": "single",
+        "name": config.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "classes": list(CLASSES),
+        "positive_class": CLASSES[1],
+        "input": {
+            "size": config.size,
+            "resize": "squash",
+            "channels": 3,
+            "source": "8-bit grayscale copied to 3 channels",
+            "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        },
+        "architecture": {
+            "body": "resnet34",
+            "head": describe(learn.model[1]),
+            "param_groups": ["stem..layer3", "layer4", "head"],
+            "frozen": "stem..layer3 (BatchNorm trains)" if config.pretrained else "nothing",
+        },
+        "config": config.to_dict(),
+        "data": {
+            "root": str(ds.root.resolve()),
+            "split_mode": config.split,
+            "seed": config.seed,
+            "valid_pct": config.valid_pct,
+            "n_train": len(train_files),
+            "n_valid": len(valid_files),
+            "train_counts": class_counts(train_files),
+            "valid_counts": class_counts(valid_files),
+            "train_fingerprint": fingerprint(train_files, ds.root),
+            "valid_fingerprint": fingerprint(valid_files, ds.root),
+            "skipped_files": len(ds.skipped),
+        },
+        "training": {
+            "device": str(learn.dls.device),
+            "epochs_run": epochs_run,
+            "best_epoch": best_epoch,
+            "stopped_early": stopper.stopped_at_epoch is None and epochs_run < config.epochs,
+            "interrupted": stopper.stopped_at_epoch is not None,
+            "interrupted_at_epoch": stopper.stopped_at_epoch,
+            "balanced_first_epoch_fractions": balance.first_epoch_fractions if balance else None,
+            "seconds": round(seconds, 1),
+            "seconds_per_epoch": round(seconds / max(epochs_run, 1), 1),
+            "precision": plan.precision,
+            "channels_last": plan.channels_last,
+            "compute_rule": plan.reason,
+            "cached_in_ram": uses_cache(learn.dls),
+            "num_workers": learn.dls.train.fake_l.num_workers,
+            "distributed": distributed,
+        },
+        "validation": {
+            "best_epoch": rows[best_epoch],
+            "argmax": figures["argmax"],
+            "at_threshold": figures["at_threshold"],
+        },
+        "decision_threshold": {
+            "value": figures["threshold"],
+            "target_sensitivity": config.target_sensitivity,
+            "rule": THRESHOLD_RULE,
+        },
+        "versions": library_versions(),
+    }
+
+
+def write_valid_csv(path: Path, rows: Sequence[tuple[str, str, float]]) -> None:
+    """Validation predictions: relative file, label, P(PNEUMONIA) at full precision."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "label", "probability"])
+        writer.writerows((name, label, repr(p)) for name, label, p in rows)
+
+
+def write_export(
+    paths: ExportPaths,
+    card: dict[str, Any],  # `build_card` fields, without the `files` section
+    write_pkl: Callable[[Path], None],  # writes the Learner pickle to the given path
+    write_weights: Callable[[Path], None],  # writes the state dict to the given path
+    history_src: Path,  # CSV history to copy beside the export
+    valid_rows: Sequence[tuple[str, str, float]],  # (relative file, label, P(PNEUMONIA))
+) -> ModelCard:
+    """Write pickle, weights, history, validation predictions and card atomically."""
+    finals = [paths.pkl, paths.weights, paths.history, paths.valid, paths.card]
+    with staged_files(paths.card.parent, finals) as (pkl, weights, history, valid, card_tmp):
+        write_pkl(pkl)
+        write_weights(weights)
+        history.write_bytes(history_src.read_bytes())
+        write_valid_csv(valid, valid_rows)
+        staged = {"pkl": pkl, "weights": weights, "history": history, "valid": valid}
+        finals_by_kind = dict(zip(staged, finals, strict=False))
+        files = {
+            kind: {"name": finals_by_kind[kind].name, "sha256": sha256_file(tmp)}
+            for kind, tmp in staged.items()
+        }
+        written = parse_card({**card, "files": files}, "the new model card")
+        card_tmp.write_text(written.to_json())
+    return written

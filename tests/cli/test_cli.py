@@ -1,0 +1,141 @@
+"""The command line as a user meets it: help, errors without tracebacks, environment variables."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from pneumo_fastai.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_train():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "train" in result.output
+
+
+def test_train_help_explains_the_options():
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "240"})
+    out = result.output
+    for option in ("--data", "--epochs", "--patience", "--split", "--no-pretrained", "--weights",
+                   "--valid-pct", "--seed", "--name", "--exports", "PNEUMO_DATA"):  # fmt: skip
+        assert option in out, option
+    words = " ".join(out.replace("│", " ").split())
+    assert "freezing random layers would make no sense" in words
+
+
+def _run_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "pneumo_fastai.cli", *args],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+
+
+def test_missing_dataset_is_one_clear_message_and_exit_2(tmp_path):
+    result = _run_cli("train", "--data", str(tmp_path / "nowhere"), "--no-pretrained")
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_invalid_option_value_exits_2_without_traceback(dataset):
+    result = _run_cli("train", "--data", str(dataset), "--split", "random", "--no-pretrained")
+    assert result.returncode == 2
+    assert "split" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_data_path_comes_from_the_environment(tmp_path, monkeypatch):
+    import os
+
+    env = {**os.environ, "PNEUMO_DATA": str(tmp_path / "from_env")}
+    result = _run_cli("train", "--no-pretrained", env=env)
+    assert result.returncode == 2 and "from_env" in result.stderr
+
+
+def test_weights_with_no_pretrained_is_refused(dataset, tmp_path):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    result = runner.invoke(
+        app, ["train", "--data", str(dataset), "--no-pretrained", "--weights", str(weights)]
+    )
+    assert result.exit_code != 0
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_cli_trains_and_exports(real_subset, tmp_path):
+    result = _run_cli(
+        "train", "--data", str(real_subset), "--no-pretrained", "--epochs", "1", "--size", "64",
+        "--bs", "8", "--num-workers", "0", "--exports", str(tmp_path), "--name", "cli",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in tmp_path.iterdir()} >= {"cli.pkl", "cli.pth", "cli.json"}
+    assert "best epoch" in result.stdout
+
+
+HEAVY = ("torch", "fastai", "accelerate", "torchvision")
+COMMANDS = [
+    [], ["train"], ["predict"], ["evaluate"], ["interpret"],
+    ["data"], ["data", "download"], ["data", "check"], ["data", "prepare"], ["data", "holdout"],
+]  # fmt: skip
+
+
+def test_help_of_every_command_imports_no_heavy_library():
+    script = (
+        "import sys, json\n"
+        "from pneumo_fastai.cli import app\n"
+        "from typer.testing import CliRunner\n"
+        "runner, out = CliRunner(), {}\n"
+        f"for cmd in {COMMANDS!r}:\n"
+        "    result = runner.invoke(app, [*cmd, '--help'])\n"
+        "    out[' '.join(cmd)] = (result.exit_code, 'Usage' in result.output)\n"
+        f"print(json.dumps({{'help': out, 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["heavy"] == []
+    assert all(code == 0 and usage for code, usage in report["help"].values()), report["help"]
+
+
+def test_every_train_option_comes_from_the_config_with_its_help_text():
+    from pneumo_fastai.cli.options import field_help
+    from pneumo_fastai.config import TrainConfig
+
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "400"})
+    words = " ".join(result.output.replace("│", " ").split())
+    for name, help_text in field_help().items():
+        if name == "extra":
+            continue
+        assert f"--{name.replace('_', '-')}" in words, name
+        assert help_text in words, name
+    assert set(field_help()) == {f for f in TrainConfig.__dataclass_fields__}
+
+
+def test_python_m_pneumo_fastai_cli_is_the_same_command():
+    result = _run_cli("--help")
+    assert result.returncode == 0 and "train" in result.stdout
+
+
+@pytest.mark.parametrize(("interrupted", "code"), [(False, 0), (True, 130)])
+def test_an_interrupted_run_exits_130_after_exporting(dataset, monkeypatch, interrupted, code):
+    from types import SimpleNamespace
+
+    import pneumo_fastai.training.train as training
+
+    seen = {}
+
+    def fake_train(config, progress):
+        seen["config"] = config
+        return SimpleNamespace(
+            card=SimpleNamespace(training=SimpleNamespace(interrupted=interrupted))
+        )
+
+    monkeypatch.setattr(training, "train", fake_train)
+    result = runner.invoke(
+        app, ["train", "--data", str(dataset), "--no-pretrained", "--size", "64"]
+    )
+    assert result.exit_code == code
+    assert seen["config"].size == 64 and not seen["config"].pretrained

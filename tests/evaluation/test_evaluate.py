@@ -1,0 +1,332 @@
+"""`evaluate`: figures and intervals on a tiny trained export, thresholds from validation only,
+bad test folders, and the `pneumo-fastai evaluate` command.
+
+The tiny export (ResNet34 from scratch, 1 epoch, 64 px, synthetic images) and one full
+evaluation are built once per session by `session_evaluation`, which test_report.py and
+test_interpret.py use too.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pneumo_fastai.cli import app
+from pneumo_fastai.config import CLASSES, TrainConfig
+from pneumo_fastai.data.layout import fingerprint
+from pneumo_fastai.data.names import patient_id
+from pneumo_fastai.errors import DataError, ModelFileError, PneumoError
+from pneumo_fastai.evaluation.evaluate import (
+    Evaluation,
+    compute_figures,
+    evaluate,
+    find_test_folder,
+    load_test_set,
+    operating_points,
+)
+from pneumo_fastai.evaluation.metrics import choose_threshold
+from pneumo_fastai.evaluation.plots import PLOTS, draw_all
+from pneumo_fastai.evaluation.report import ReportFiles, write_report
+from pneumo_fastai.fileio import sha256_file
+from pneumo_fastai.inference.loading import load_export
+from pneumo_fastai.training.train import train
+
+from ..conftest import require_shared_data
+
+N_BOOT = 1000
+TEST_PATIENTS = 4  # per class, two images each
+BAD_FILES = {  # corrupt or foreign files put in the test folder, with how their reason starts
+    "NORMAL/IM-9001-0001.jpeg": "empty",
+    "PNEUMONIA/person9002_bacteria_1.jpeg": "image file is truncated",
+    "PNEUMONIA/notes.txt": "not a",
+}
+_CACHE: dict[str, Any] = {}
+
+
+def _xray(path: Path, cls: str, seed: int) -> None:
+    """A noisy non-square gray image; PNEUMONIA ones carry a bright patch."""
+    rng = np.random.RandomState(seed)
+    pixels = rng.randint(0, 110, (90, 76)).astype(np.uint8)
+    if cls == "PNEUMONIA":
+        top, left = rng.randint(0, 40), rng.randint(0, 30)
+        pixels[top : top + 45, left : left + 40] += 120
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "L").save(path, quality=90)
+
+
+def make_split(folder: Path, patients: int, first_id: int) -> None:
+    """`patients` patients per class with two images each, named like the Kermany files."""
+    for k in range(patients):
+        pid = first_id + k
+        for j in (1, 2):
+            _xray(folder / "NORMAL" / f"IM-{pid:04d}-{j:04d}.jpeg", "NORMAL", 2 * pid + j)
+            name = f"person{pid}_bacteria_{j}.jpeg"
+            _xray(folder / "PNEUMONIA" / name, "PNEUMONIA", 7919 * pid + j)
+
+
+def add_bad_files(folder: Path) -> None:
+    """An empty JPEG, a truncated JPEG and a text file in the class folders."""
+    (folder / "NORMAL" / "IM-9001-0001.jpeg").write_bytes(b"")
+    good = next((folder / "PNEUMONIA").glob("*.jpeg")).read_bytes()
+    (folder / "PNEUMONIA" / "person9002_bacteria_1.jpeg").write_bytes(good[: len(good) // 2])
+    (folder / "PNEUMONIA" / "notes.txt").write_text("not an image")
+
+
+def tiny_export(base: Path) -> Path:
+    """The tiny export's card (trained once per session) and its dataset beside it."""
+    if "card" not in _CACHE:
+        root = base / "ds"
+        make_split(root / "train", patients=6, first_id=100)
+        make_split(root / "test", patients=TEST_PATIENTS, first_id=500)
+        add_bad_files(root / "test")
+        config = TrainConfig(
+            data=root, pretrained=False, epochs=1, size=64, bs=8, num_workers=0,
+            exports=base / "exp", name="tiny",
+        )  # fmt: skip
+        _CACHE["card"] = train(config, progress=False, log=lambda _: None).paths.card
+    return _CACHE["card"]
+
+
+@dataclass
+class Done:
+    """One full evaluation of the tiny export with TTA and a re-chosen threshold."""
+
+    card: Path
+    data: Path  # dataset root
+    ev: Evaluation
+    plots: dict[str, Path]
+    files: ReportFiles
+
+
+def full_evaluation(base: Path) -> Done:
+    """Evaluate, draw and write the report once per session."""
+    if "done" not in _CACHE:
+        card = tiny_export(base)
+        data = card.parent.parent / "ds"
+        ev = evaluate(
+            card, data, tta=True, target_sensitivity=0.9, n_boot=N_BOOT, num_workers=0, bs=16
+        )
+        out = base / "report"
+        plots = draw_all(ev.run, out / PLOTS, n_top=4, n_correct=4)
+        _CACHE["done"] = Done(card, data, ev, plots, write_report(ev, plots, out))
+    return _CACHE["done"]
+
+
+def session_evaluation(tmp_path_factory: pytest.TempPathFactory) -> Done:
+    """`full_evaluation` in the session's temporary folder (the `done` fixture of each module)."""
+    return full_evaluation(tmp_path_factory.getbasetemp() / "pneumo-eval")
+
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="session")
+def done(tmp_path_factory) -> Done:
+    return session_evaluation(tmp_path_factory)
+
+
+def _good_test_files(data: Path) -> list[Path]:
+    test = data / "test"
+    bad = {test / name for name in BAD_FILES}
+    return sorted(p for p in test.rglob("*") if p.is_file() and p not in bad)
+
+
+def test_every_figure_at_both_rules_with_intervals_around_it(done):
+    ev = done.ev
+    assert set(ev.summaries) == {"plain", "tta"}
+    points = {pt.name: pt.threshold for pt in ev.run.points}
+    card = json.loads(done.card.read_text())
+    assert points["argmax"] == 0.5
+    assert points["card"] == card["decision_threshold"]["value"]
+    assert ev.run.decision.name == "target"
+    n = 4 * TEST_PATIENTS
+    for mode, by_point in ev.summaries.items():
+        assert set(by_point) == {"argmax", "card", "target"}
+        for name, s in by_point.items():
+            assert s["threshold"] == points[name]
+            assert s["n_samples"] == n and s["n_groups"] == 2 * TEST_PATIENTS
+            assert s["n_resamples"] == N_BOOT
+            c = s["counts"]
+            assert c["tn"] + c["fp"] + c["fn"] + c["tp"] == n
+            assert (c["support_normal"], c["support_pneumonia"]) == (n // 2, n // 2)
+            for metric, fig in s["metrics"].items():
+                if fig["value"] is None:
+                    continue
+                low, high = fig["ci_low"], fig["ci_high"]
+                assert low - 1e-9 <= fig["value"] <= high + 1e-9, (mode, name, metric, fig)
+            # the figures are the test set's, at this threshold
+            p = ev.run.probabilities[mode]
+            predicted = p >= points[name]
+            assert c["tp"] == int((predicted & (ev.run.y == 1)).sum())
+    assert not np.allclose(ev.run.probabilities["plain"], ev.run.probabilities["tta"])
+    assert "PNEUMONIA" in ev.reports["plain"]["card"] and "support" in ev.reports["tta"]["argmax"]
+
+
+def test_bootstrap_is_seeded_and_resamples_patients(done):
+    run = done.ev.run
+    patients = run.test_set.patients()
+    assert len(set(patients)) == 2 * TEST_PATIENTS < len(patients)
+    assert run.test_set.grouped_by_patient()
+
+    def intervals(groups, seed):
+        summaries, _ = compute_figures(run.y, run.probabilities, run.points, groups, N_BOOT, seed)
+        metrics = summaries["plain"]["card"]["metrics"]
+        return {name: (m["ci_low"], m["ci_high"]) for name, m in metrics.items()}
+
+    by_patient = intervals(patients, 0)
+    assert by_patient == {
+        name: (m["ci_low"], m["ci_high"])
+        for name, m in done.ev.summaries["plain"]["card"]["metrics"].items()
+    }
+    assert intervals(patients, 0) == by_patient
+    assert intervals(patients, 1) != by_patient
+    assert intervals(None, 0) != by_patient  # resampling images is another bootstrap
+
+
+def test_pickle_and_weights_give_the_same_figures(done):
+    pickled = evaluate(done.card, done.data, trust_pickle=True, n_boot=N_BOOT, num_workers=0)
+    assert pickled.run.exported.from_pickle
+    assert pickled.run.probabilities["plain"] == pytest.approx(
+        done.ev.run.probabilities["plain"], abs=1e-5
+    )
+    assert pickled.summaries["plain"]["argmax"] == done.ev.summaries["plain"]["argmax"]
+
+
+def test_corrupt_and_foreign_files_are_left_out_with_reasons(done):
+    ts = done.ev.run.test_set
+    skipped = {ts.relative(s.path).removeprefix("test/"): s.reason for s in ts.skipped}
+    assert set(skipped) == set(BAD_FILES)
+    for name, words in BAD_FILES.items():
+        assert skipped[name].startswith(words), (name, skipped[name])
+    assert list(ts.files) == _good_test_files(done.data)
+    assert len(done.ev.run.probabilities["plain"]) == len(ts.files) == 4 * TEST_PATIENTS
+
+
+def test_target_sensitivity_is_chosen_on_validation_predictions(done, tmp_path):
+    # a copy of the export whose validation predictions are known, and the card updated to match
+    for f in done.card.parent.glob("tiny.*"):
+        if f.suffix in (".pkl", ".pth"):
+            (tmp_path / f.name).symlink_to(f)
+        elif f.suffix != ".json":
+            shutil.copy(f, tmp_path / f.name)
+    valid = tmp_path / "tiny.valid.csv"
+    rows = [("a", "NORMAL", 0.1), ("b", "NORMAL", 0.6), ("c", "PNEUMONIA", 0.3)]
+    rows += [("d", "PNEUMONIA", 0.7), ("e", "PNEUMONIA", 0.8), ("f", "PNEUMONIA", 0.9)]
+    with open(valid, "w", newline="") as f:
+        csv.writer(f).writerows([("file", "label", "probability"), *rows])
+    card = json.loads(done.card.read_text())
+    card["files"]["valid"]["sha256"] = sha256_file(valid)
+    (tmp_path / "tiny.json").write_text(json.dumps(card))
+
+    exported = load_export(tmp_path / "tiny.json")
+    assert operating_points(exported, 0.75)[-1].threshold == 0.7  # 3 of 4 PNEUMONIA >= 0.7
+    assert operating_points(exported, 1.0)[-1].threshold == 0.3
+    assert "validation" in operating_points(exported, 1.0)[-1].source
+
+    ev = evaluate(tmp_path / "tiny.json", done.data, target_sensitivity=1.0, n_boot=10)
+    assert ev.run.decision.threshold == 0.3
+    assert ev.summaries["plain"]["target"]["threshold"] == 0.3
+    # what the test set would have chosen differs: it was not asked
+    y, p = ev.run.y, ev.run.probabilities["plain"]
+    assert choose_threshold(y, p, 1.0) != 0.3
+
+    valid.write_text(valid.read_text() + "g,NORMAL,0.2\n")  # tampered: sha256 no longer matches
+    with pytest.raises(ModelFileError, match="does not match"):
+        operating_points(load_export(tmp_path / "tiny.json"), 0.9)
+
+
+def test_missing_class_folder_is_a_clear_error(done, tmp_path):
+    make_split(tmp_path / "test", patients=1, first_id=1)
+    shutil.rmtree(tmp_path / "test" / "PNEUMONIA")
+    with pytest.raises(DataError, match=r"PNEUMONIA is missing.*one sub-folder per class"):
+        evaluate(done.card, tmp_path, n_boot=10)
+    with pytest.raises(DataError, match="PNEUMONIA is missing"):
+        load_test_set(tmp_path / "test")
+
+
+def test_class_without_readable_images_is_a_clear_error(tmp_path):
+    make_split(tmp_path / "test", patients=1, first_id=1)
+    for f in (tmp_path / "test" / "NORMAL").iterdir():
+        f.write_bytes(b"\xff\xd8 broken")
+    with pytest.raises(DataError, match=r"NORMAL holds no readable .*2 file\(s\) left out"):
+        load_test_set(tmp_path / "test")
+
+
+def test_find_test_folder(tmp_path, monkeypatch):
+    make_split(tmp_path / "kaggle" / "chest_xray" / "test", patients=1, first_id=1)
+    assert find_test_folder(tmp_path / "kaggle") == tmp_path / "kaggle" / "chest_xray" / "test"
+    assert find_test_folder(tmp_path / "kaggle" / "chest_xray").name == "test"
+    own = tmp_path / "mine"
+    own.mkdir()
+    assert find_test_folder(tmp_path / "kaggle", test=own) == own  # --test wins over --data
+    with pytest.raises(DataError, match="has no test/ split"):
+        find_test_folder(own)
+    with pytest.raises(DataError, match="No test data given"):
+        find_test_folder()
+    with pytest.raises(DataError, match="does not exist"):
+        find_test_folder(test=tmp_path / "nope")
+
+
+def test_bad_options_are_user_errors(done):
+    with pytest.raises(PneumoError, match="target-sensitivity"):
+        evaluate(done.card, done.data, target_sensitivity=1.5)
+    with pytest.raises(PneumoError, match="n-boot"):
+        evaluate(done.card, done.data, n_boot=0)
+
+
+def test_cli_evaluate_prints_table_and_writes_report(done, tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMO_DATA", str(done.data))
+    out = tmp_path / "out"
+    args = ["evaluate", str(done.card), "--out", str(out), "--n-boot", "200", "--n", "2"]
+    args += ["--num-workers", "0", "--bs", "16", "--no-progress", "--device", "cpu"]
+    result = CliRunner().invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for words in ("Sensitivity", "ROC AUC", "argmax (t = 0.500)", "card (t = ", "[", "left out"):
+        assert words in result.output
+    assert "TTA" not in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["bootstrap"]["n_resamples"] == 200
+    assert (out / "report.html").is_file() and (out / "plots" / "roc.png").is_file()
+
+
+def test_cli_reports_a_missing_test_split_without_traceback(done, tmp_path):
+    result = CliRunner().invoke(app, ["evaluate", str(done.card), "--data", str(tmp_path)])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, DataError) and "no test/ split" in str(result.exception)
+
+
+@pytest.mark.shared_data
+def test_real_xrays_are_grouped_by_patient(done, tmp_path):
+    shared = require_shared_data()
+    for cls in CLASSES:
+        by_patient: dict[str, list[Path]] = {}
+        for f in sorted((shared / "train" / cls).glob("*.jpeg")):
+            by_patient.setdefault(patient_id(f), []).append(f)
+        # five patients with two images each, and five with one
+        pairs = [fs[:2] for fs in by_patient.values() if len(fs) >= 2][:5]
+        singles = [fs[:1] for fs in by_patient.values() if len(fs) == 1][:5]
+        (tmp_path / "test" / cls).mkdir(parents=True)
+        for src in [f for fs in pairs + singles for f in fs]:
+            shutil.copy(src, tmp_path / "test" / cls / src.name)
+    ev = evaluate(done.card, test=tmp_path / "test", n_boot=N_BOOT, num_workers=0)
+    ts = ev.run.test_set
+    assert len(ts.files) == 30 and ts.skipped == ()
+    assert ts.patients() == [patient_id(f) for f in ts.files]
+    summary = ev.summaries["plain"]["card"]
+    assert summary["n_groups"] == len(set(ts.patients())) == 2 * (5 + 5)
+    assert ts.fingerprint() == fingerprint(ts.files, tmp_path)
+    for fig in summary["metrics"].values():
+        if fig["value"] is not None:
+            assert fig["ci_low"] - 1e-9 <= fig["value"] <= fig["ci_high"] + 1e-9
+    assert all(math.isfinite(p) for p in ev.run.probabilities["plain"])
+    assert set(CLASSES) == set(ts.counts())

@@ -1,0 +1,123 @@
+"""The model card: validation on read, old schema-1 exports, and clear refusals."""
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from pneumo_fastai.card import CARD_SCHEMA_VERSION, parse_card, read_card, verify_file
+from pneumo_fastai.config import TrainConfig
+from pneumo_fastai.errors import ModelFileError
+from pneumo_fastai.fileio import sha256_file
+
+from .conftest import write_image
+
+SCHEMA1 = Path(__file__).parent / "fixtures" / "schema1"
+
+
+def _card() -> dict:
+    return json.loads((SCHEMA1 / "schema1.json").read_text())
+
+
+def test_a_schema_1_card_reads_as_the_current_schema():
+    card = read_card(SCHEMA1 / "schema1.json")
+    assert card.schema_version == 1 and card.kind == "single"
+    assert card.decision_threshold.value == pytest.approx(0.47704389691352844)
+    assert card.input.size == 32 and card.classes == ["NORMAL", "PNEUMONIA"]
+    assert card.train_config() == TrainConfig.from_dict(_card()["config"])
+    assert verify_file(card, SCHEMA1 / "schema1.json", "valid").name == "schema1.valid.csv"
+
+
+@pytest.mark.parametrize(
+    ("drop", "named"),
+    [
+        (("decision_threshold",), "decision_threshold"),
+        (("decision_threshold", "value"), "decision_threshold.value"),
+        (("input", "size"), "input.size"),
+        (("files",), "files"),
+    ],
+)
+def test_a_card_missing_a_field_is_refused_naming_it(drop, named):
+    card = _card()
+    *parents, key = drop
+    section = card
+    for p in parents:
+        section = section[p]
+    del section[key]
+    with pytest.raises(ModelFileError, match=rf"is missing {named}\b.*Re-export"):
+        parse_card(card, "the card")
+
+
+def test_a_newer_schema_or_a_foreign_json_is_refused():
+    with pytest.raises(ModelFileError, match=f"schema {CARD_SCHEMA_VERSION + 1}, newer"):
+        parse_card({**_card(), "schema_version": CARD_SCHEMA_VERSION + 1})
+    with pytest.raises(ModelFileError, match="not a pneumo-fastai model card"):
+        parse_card({"hello": "world"})
+    with pytest.raises(ModelFileError, match=r"invalid values \(decision_threshold\.value"):
+        parse_card({**_card(), "decision_threshold": {"value": 1.5, "rule": "x"}})
+
+
+def test_unknown_keys_survive_a_round_trip():
+    card = parse_card({**_card(), "notes": {"by": "a newer minor writer"}})
+    assert json.loads(card.to_json())["notes"] == {"by": "a newer minor writer"}
+
+
+def _old_export_with_fresh_weights(folder: Path) -> Path:
+    """The schema-1 card and CSVs, with random weights of its architecture where the .pth was."""
+    from pneumo_fastai.model import build_model
+
+    for f in SCHEMA1.glob("schema1.*"):
+        shutil.copy(f, folder / f.name)
+    card = _card()
+    torch.manual_seed(0)
+    weights = folder / "schema1.pth"
+    torch.save(build_model(TrainConfig.from_dict(card["config"])).state_dict(), weights)
+    card["files"]["weights"]["sha256"] = sha256_file(weights)
+    (folder / "schema1.json").write_text(json.dumps(card))
+    return folder / "schema1.json"
+
+
+def test_a_schema_1_export_predicts(tmp_path):
+    from pneumo_fastai.inference.predict import load_model
+
+    card = _old_export_with_fresh_weights(tmp_path)
+    model = load_model(card, device="cpu", precision="fp32")
+    pred = model.predict(write_image(tmp_path / "x.png", seed=0))
+    assert pred.ok and 0.0 <= pred.probability <= 1.0
+    assert model.threshold == pytest.approx(0.47704389691352844)
+
+
+def test_a_pickle_of_the_old_layout_loads_and_predicts(tmp_path):
+    from fastai.learner import load_learner
+
+    image = write_image(tmp_path / "x.png", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        learn = load_learner(SCHEMA1 / "schema1_tiny.pkl")
+        label, _, probs = learn.predict(image)
+    assert label in ("NORMAL", "PNEUMONIA") and float(probs.sum()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("broken", ["missing_field", "newer_schema"])
+def test_predict_refuses_a_bad_card_with_exit_2_and_no_traceback(tmp_path, broken):
+    card = _old_export_with_fresh_weights(tmp_path)
+    data = json.loads(card.read_text())
+    if broken == "missing_field":
+        del data["decision_threshold"]
+    else:
+        data["schema_version"] = CARD_SCHEMA_VERSION + 1
+    card.write_text(json.dumps(data))
+    image = write_image(tmp_path / "x.png", seed=0)
+    result = subprocess.run(
+        [sys.executable, "-m", "pneumo_fastai.cli", "predict", str(card), str(image)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    expected = "missing decision_threshold" if broken == "missing_field" else "newer than"
+    assert expected in " ".join(result.stderr.split())
