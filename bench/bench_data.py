@@ -47,6 +47,7 @@ from pneumo_fastai.data.block import build_dataloaders
 from pneumo_fastai.data.cache import fill_cache
 from pneumo_fastai.data.images import load_xray
 from pneumo_fastai.data.layout import discover
+from pneumo_fastai.data.preprocess import Preprocessing
 from pneumo_fastai.data.split import limit_per_class
 from pneumo_fastai.datatools.prepare import prepare_dataset
 from pneumo_fastai.device import resolve_device
@@ -173,7 +174,7 @@ def main() -> None:
         if args.decode_images:
             some_full, some_prep = full[: args.decode_images], prepared[: args.decode_images]
             start = time.perf_counter()
-            cache = fill_cache(some_full, args.size, progress=False)
+            cache = fill_cache(some_full, Preprocessing(args.size), progress=False)
             fill_s = time.perf_counter() - start
             reads: dict[str, tuple[list[Path], Callable[[Path], Image.Image]]] = {
                 "full decode: load_xray + resize": (some_full, load_xray),

@@ -3,9 +3,12 @@
     python bench/bench_inference.py --n 64 --bs 1 32
 
 For each device (CPU, and CUDA when available) and batch size it prints images/s for
-- predict: files -> `predict_batch` -> Predictions (decode, resize, normalise, forward, softmax);
-- model(x): the same network on the same images, already decoded and normalised into tensors,
-  under `torch.inference_mode()`: the ceiling that loading and fastai's machinery eat into.
+- bare model(x) fp32: the network on the images already decoded and normalised into tensors,
+  under `torch.inference_mode()`, in fp32: the yardstick;
+- predict fp32 / predict auto: `predict_batch` (resize, normalise, forward, softmax, Predictions)
+  with `--precision fp32` and with the device rule (bf16 and channels-last where this CPU runs
+  them faster), on the same decoded images ("decoded", the ratio's side) and on the files
+  (decoding included).
 Without `--model` it trains a throwaway 1-epoch, randomly initialised export at `--size` on a few
 images first: throughput does not depend on the weights. Images come from the real chest X-rays
 in ../shared/data/chest_xray (224x224 JPEGs there; full-size originals decode slower).
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import os
 import platform
@@ -23,11 +27,12 @@ import time
 from pathlib import Path
 
 import torch
+from benchlib import print_table
 
 from pneumo_fastai import TrainConfig, load_model
+from pneumo_fastai.data.images import load_xray
 from pneumo_fastai.data.layout import discover
 from pneumo_fastai.data.split import limit_per_class
-from pneumo_fastai.inference.predict import XrayClassifier
 from pneumo_fastai.training.train import train
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chest_xray"
@@ -55,29 +60,21 @@ def timed(fn, repeat: int = 1) -> float:
     return best
 
 
-def bench_device(classifier: XrayClassifier, files: list[Path], sizes: list[int], repeat: int):
-    """(bs, predict images/s, model(x) images/s) for each batch size on the model's device."""
-    exported = classifier.exported
-    net = exported.learner.model.eval()
-    rows = []
-    for bs in sizes:
-        classifier.predict_batch(files[: 2 * bs], bs=bs)  # warm-up: allocators, cudnn, caches
-        t_predict = timed(lambda bs=bs: classifier.predict_batch(files, bs=bs), repeat)
+def bare_loop(exported, images: list, bs: int):
+    """The bare fp32 `model(x)` loop over already normalised tensors: the ceiling to compare.
 
-        dl = exported.dataloader(files, bs=bs, num_workers=0)
-        batches = [
-            b[0] if isinstance(b, tuple) else b for b in dl
-        ]  # decoded, normalised, on device
+    Its own copy of the network, in the default (NCHW) memory format: the plain way.
+    """
+    net = copy.deepcopy(exported.learner.model).eval().to(memory_format=torch.contiguous_format)
+    dl = exported.dataloader(images, bs=bs, num_workers=0)
+    batches = [b[0] if isinstance(b, tuple) else b for b in dl]  # normalised, on the device
 
-        def loop(batches=batches) -> None:
-            with torch.inference_mode():
-                for x in batches:
-                    net(x).softmax(dim=1)
+    def loop() -> None:
+        with torch.inference_mode():
+            for x in batches:
+                net(x).softmax(dim=1)
 
-        loop()
-        t_model = timed(loop, repeat)
-        rows.append((bs, len(files) / t_predict, len(files) / t_model))
-    return rows
+    return loop
 
 
 def main() -> None:
@@ -93,15 +90,37 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     files = limit_per_class(list(discover(args.data).files), args.n // 2, seed=0)[: args.n]
+    images = [load_xray(f) for f in files]  # decoded once: both sides start from memory
 
+    rows = []
     with tempfile.TemporaryDirectory(prefix="pneumo-bench-") as tmp:
         card = args.model or throwaway_export(args.data, args.size, Path(tmp))
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        results = [
-            (device, *row)
-            for device in devices
-            for row in bench_device(load_model(card, device=device), files, args.bs, args.repeat)
-        ]
+        for device in devices:
+            engines = {p: load_model(card, device=device, precision=p) for p in ("fp32", "auto")}
+            for bs in args.bs:
+                bare = bare_loop(engines["fp32"].exported, images, bs)
+                bare()  # warm-up
+                t_bare = timed(bare, args.repeat)
+                rows.append((device, "bare model(x) fp32", bs, len(images) / t_bare, None, 1.0))
+                for name, model in engines.items():
+                    plan = model.exported.plan
+                    label = (
+                        f"predict {name} ({plan.precision}{', NHWC' if plan.channels_last else ''})"
+                    )
+                    model.predict_batch(images[: 2 * bs], bs=bs)  # warm-up
+                    t_mem = timed(lambda m=model, b=bs: m.predict_batch(images, bs=b), args.repeat)
+                    t_file = timed(lambda m=model, b=bs: m.predict_batch(files, bs=b), args.repeat)
+                    rows.append(
+                        (
+                            device,
+                            label,
+                            bs,
+                            len(images) / t_mem,
+                            len(files) / t_file,
+                            t_bare / t_mem,
+                        )
+                    )
 
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA"
     print(
@@ -109,10 +128,14 @@ def main() -> None:
         f"{os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
         f"CPU threads{gpu}"
     )
-    print(f"{'device':<7}{'bs':>4}{'predict img/s':>16}{'model(x) img/s':>17}{'ratio':>8}")
-    for device, bs, predict_rate, model_rate in results:
-        ratio = predict_rate / model_rate
-        print(f"{device:<7}{bs:>4}{predict_rate:>16.1f}{model_rate:>17.1f}{ratio:>8.2f}")
+    headers = ["device", "engine", "bs", "img/s, decoded", "img/s, files", "vs bare fp32"]
+    print_table(
+        headers,
+        [
+            (d, e, bs, f"{mem:.1f}", "-" if fil is None else f"{fil:.1f}", f"{ratio:.2f}")
+            for d, e, bs, mem, fil, ratio in rows
+        ],
+    )
 
 
 if __name__ == "__main__":

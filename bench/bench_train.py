@@ -51,15 +51,12 @@ from benchlib import (
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.progress import ProgressCallback
 from fastai.torch_core import set_seed
-from PIL import Image
+from plain_loop import PlainAugment, PlainXrays
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchvision.models import resnet34
-from torchvision.transforms import v2
-from torchvision.transforms.v2.functional import pil_to_tensor
 
 from pneumo_fastai import TrainConfig
-from pneumo_fastai.config import IMAGENET_MEAN, IMAGENET_STD
 from pneumo_fastai.data.block import build_dataloaders, uses_cache
 from pneumo_fastai.data.layout import discover
 from pneumo_fastai.data.names import label_of
@@ -137,13 +134,12 @@ class Ours:
             use_torch_adamw(self.learn)
         self.learn.remove_cb(ProgressCallback)
         self.timer = SteadyTimer(warmup, batches)
+        self.plan = resolve_compute(device, config.precision, config.channels_last)  # as train()
 
     def run(self) -> tuple[float, float]:
         cbs = [
             BalancedSamplingCallback(seed=self.config.seed),
-            *speed_callbacks(
-                resolve_compute(self.device, self.config.precision, self.config.channels_last)
-            ),
+            *speed_callbacks(self.plan),
             self.timer,
         ]
         lr = self.config.lr
@@ -151,38 +147,6 @@ class Ours:
         if self.timer.done < self.timer.warmup + self.timer.batches:
             raise SystemExit(f"only {self.timer.done} batches in an epoch: {TOO_FEW}")
         return self.timer.result
-
-
-class PlainXrays(Dataset):
-    """Files opened with PIL, squashed to `size`, as uint8 3 x size x size tensors."""
-
-    def __init__(self, files: list[Path], labels: list[int], size: int):
-        self.files, self.labels, self.size = files, labels, size
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.files[i]) as img:
-            rgb = img.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
-        return pil_to_tensor(rgb), self.labels[i]
-
-
-class PlainAugment:
-    """Per-image rotate/zoom and brightness/contrast of a uint8 batch, then ImageNet statistics."""
-
-    def __init__(self, config: TrainConfig):
-        affine = v2.RandomAffine(degrees=config.max_rotate, scale=(1.0, config.max_zoom))
-        light = v2.ColorJitter(brightness=config.max_lighting, contrast=config.max_lighting)
-        steps = [v2.RandomApply([affine], p=0.75), v2.RandomApply([light], p=0.75)]
-        if config.flip:
-            steps.insert(0, v2.RandomHorizontalFlip())
-        self.per_image = v2.Compose(steps)
-        self.normalize = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().div_(255)
-        return self.normalize(torch.stack([self.per_image(img) for img in x]))
 
 
 def plain_model(config: TrainConfig, state) -> nn.Sequential:
@@ -211,22 +175,18 @@ class Plain:
         self.weights = torch.as_tensor(inverse_frequency_weights(labels))
         self.generator = torch.Generator().manual_seed(config.seed)
         self.model = plain_model(config, state).to(device)
-        self.channels_last = (
-            device.type == "cuda" if config.channels_last is None else config.channels_last
-        )
+        self.plan = resolve_compute(device, config.precision, config.channels_last)  # our rule
+        self.channels_last = self.plan.channels_last
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        precision = config.precision
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" else "fp32"
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.plan.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(
             trainable, lr=config.lr, betas=(0.9, 0.99), eps=1e-5, weight_decay=config.wd
         )
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        self.augment = PlainAugment(config)
+        self.augment = PlainAugment(config.max_rotate, config.max_zoom, config.max_lighting)
 
     def loader(self) -> DataLoader:
         sampler = WeightedRandomSampler(
@@ -328,6 +288,11 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="NHWC memory format for both (default: on CUDA only)",
     )
+    p.add_argument(
+        "--axis",
+        action="store_true",
+        help="also both loops at every precision x memory format (fp32/bf16, NCHW/NHWC)",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--sweep", action="store_true", help="also ours with workers 0/1/2, cache off")
     p.add_argument("--sweep-size", type=int, default=128, help="input side for the sweep")
@@ -363,6 +328,11 @@ def main() -> None:
         precision=args.precision, channels_last=args.channels_last, device=str(device),
     )  # fmt: skip
     cases = [Case("ours", base), Case("plain", base)]
+    if args.axis:
+        grid = [(p, nhwc) for p in ("fp32", "bf16") for nhwc in (False, True)]
+        cases = [Case("plain", base.replace(precision="fp32", channels_last=False))]
+        cases += [Case(side, base.replace(precision=p, channels_last=nhwc))
+                  for side in ("ours", "plain") for p, nhwc in grid[side == "plain":]]  # fmt: skip
     cases += [Case("ours", base, what_if) for what_if in args.what_if]
     if args.sweep:
         small = base.replace(size=args.sweep_size)
@@ -392,6 +362,7 @@ def main() -> None:
                 case.cpu_ms.append(cpu_ms)
                 gc.collect()
 
+    # the yardstick at each size: the first plain case there (with --axis, plain fp32 NCHW)
     plain = {c.config.size: c.rates for c in reversed(cases) if c.pipeline == "plain"}
 
     def vs_plain(case: Case) -> float:
@@ -400,16 +371,19 @@ def main() -> None:
 
     rows = [
         (
-            c.pipeline + (f"+{c.what_if}" if c.what_if else ""), c.config.size, c.workers,
+            c.pipeline + (f"+{c.what_if}" if c.what_if else ""), c.config.size,
+            c.runner.plan.precision, "NHWC" if c.runner.plan.channels_last else "NCHW", c.workers,
             "on" if c.cached else "off", f"{median(c.rates):.2f}", spread(c.rates),
             f"{vs_plain(c):.2f}", f"{median(c.cpu_ms):.0f}",
             f"{c.setup_s:.1f}",
         )
         for c in cases
     ]  # fmt: skip
-    headers = ["pipeline", "size", "workers", "cache", "img/s", "min-max", "vs plain"]
+    headers = ["pipeline", "size", "precision", "memory", "workers", "cache", "img/s", "min-max"]
+    headers.append("vs plain")
     print_table([*headers, "CPU ms/img", "setup s"], rows)
-    aug = augmentation_ms(cases[0].runner, cases[1].runner)
+    first = {s: next(c.runner for c in cases if c.pipeline == s) for s in ("ours", "plain")}
+    aug = augmentation_ms(first["ours"], first["plain"])
     print(
         "batch augmentation alone, one batch (wall ms / CPU ms): "
         + ", ".join(f"{name} {wall:.0f} / {cpu:.0f}" for name, (wall, cpu) in aug.items())

@@ -1,6 +1,6 @@
 """pneumo-fastai: a fastai NORMAL vs PNEUMONIA chest X-ray classifier to train, check and serve.
 
-from pneumo_fastai import TrainConfig, train, load_model
+from pneumo_fastai import TrainConfig, train, train_ensemble, load_model
 
 Names are imported when first used, so `import pneumo_fastai` (and the command line's `--help`)
 does not pull in torch or fastai, and inference never imports the training code.
@@ -26,6 +26,7 @@ _PUBLIC = {
     "load_model": "inference.predict",
     "TrainResult": "training.train",
     "train": "training.train",
+    "train_ensemble": "training.ensemble",
 }
 __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"

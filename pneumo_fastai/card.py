@@ -6,14 +6,18 @@
     weights = verify_file(card, "exports/pneumo_resnet34.json", "weights")  # sha256 checked
 
 An export is `NAME.json` (this card) beside the files it lists with their sha256: `NAME.pkl`
-(fastai Learner), `NAME.pth` (weights only), `NAME.history.csv`, `NAME.valid.csv`. The card is a
-pydantic model rather than a dataclass because every consumer must validate what it reads: a
-missing or mistyped field is refused with its dotted location ("decision_threshold.value"), not a
-KeyError three modules later. Sections keep keys they do not know (`extra="allow"`), so reading
-and rewriting a card never drops what a newer minor writer added. Nothing here imports torch.
+(fastai Learner), `NAME.safetensors` (weights only; `NAME.pth` in exports of 0.1.0),
+`NAME.history.csv`, `NAME.valid.csv` and `NAME.ood.safetensors` (the OOD check's statistics).
+The card is a pydantic model rather than a dataclass because every consumer must validate what
+it reads: a missing or mistyped field is refused with its dotted location
+("decision_threshold.value"), not a KeyError three modules later. Sections keep keys they do
+not know (`extra="allow"`), so reading and rewriting a card never drops what a newer minor
+writer added. Nothing here imports torch.
 
-Schema history: 1 (pneumo-fastai 0.1.0); 2 adds `kind` and a head description derived from the
-module itself. A card of schema 1 is read as schema 2 with `kind="single"`.
+Schema history: 1 (pneumo-fastai 0.1.0); 2 adds `kind`, a head description derived from the
+module itself, `calibration` (temperature scaling), `ood`, `input.preprocessing`,
+`training.phases`, ensembles (`kind="ensemble"`) and safetensors weights. A card of schema 1 is
+read as schema 2 with `kind="single"`, temperature 1 and no OOD check.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ class InputSpec(Section):
     channels: int  # 3: gray copied to RGB
     source: str  # how a file becomes those channels
     normalize: Normalization  # per-channel mean and std on 0..1 values
+    # crop, squash, equalise before the network (`data/preprocess.py`); None: squash only
+    preprocessing: dict[str, Any] | None = None
 
 
 class Architecture(Section):
@@ -90,8 +96,9 @@ class TrainingFacts(Section):
     interrupted: bool
     interrupted_at_epoch: int | None
     balanced_first_epoch_fractions: dict[str, float] | None
-    seconds: float
+    seconds: float  # wall time of `fit`
     seconds_per_epoch: float
+    phases: dict[str, float] | None = None  # wall seconds of check, setup, fit (schema 2)
     precision: str
     channels_last: bool
     compute_rule: str | None = None  # why that precision and memory format (schema 2)
@@ -104,8 +111,32 @@ class Validation(Section):
     """Figures on the validation split: the best epoch's row, argmax and the decision threshold."""
 
     best_epoch: dict[str, Number]
-    argmax: dict[str, Number]
-    at_threshold: dict[str, Number]
+    argmax: dict[str, Number]  # of P(PNEUMONIA) >= 0.5
+    at_threshold: dict[str, Number]  # of P(PNEUMONIA) >= the decision threshold
+    subtype: dict[str, Number] | None = None  # the classes' own figures, for subtype models
+
+
+class Calibration(Section):
+    """Temperature scaling fitted on validation logits; every engine divides logits by it."""
+
+    temperature: float = Field(gt=0.0)
+    method: str
+    n: int  # validation images it was fitted on
+    before: dict[str, float]  # nll, ece, brier at temperature 1
+    after: dict[str, float]  # the same after scaling
+
+
+class OodFacts(Section):
+    """How the export flags inputs unlike its training X-rays (see `inference/ood.py`)."""
+
+    method: str  # mahalanobis (statistics in files["ood"])
+    features: str
+    alpha: float  # share of validation images flagged
+    threshold: float  # scores above it are flagged
+    threshold_rule: str
+    n_train: int
+    n_valid: int
+    valid_flagged: float
 
 
 class DecisionThreshold(Section):
@@ -119,24 +150,22 @@ class FileEntry(Section):
     sha256: str = Field(pattern=SHA256)
 
 
-class ModelCard(Section):
-    """The whole card (see the module docstring)."""
+class CardBase(Section):
+    """What every card has, a single model's or an ensemble's."""
 
     schema_version: int
-    kind: Literal["single"] = "single"
+    task: Literal["binary", "subtype"] = "binary"  # subtype: NORMAL, BACTERIA, VIRUS (schema 2)
     name: str
     created: str
-    classes: list[str]
-    positive_class: str
+    classes: list[str]  # the network's outputs, in order; the first is NORMAL
+    positive_class: str  # the binary decision's positive label: PNEUMONIA
     input: InputSpec
-    architecture: Architecture
     config: dict[str, Any]
-    data: DataFacts
-    training: TrainingFacts
     validation: Validation
     decision_threshold: DecisionThreshold
     versions: dict[str, str]
     files: dict[str, FileEntry]
+    onnx: dict[str, Any] | None = None  # `export onnx`: the graph's input spec (files["onnx"])
 
     def train_config(self) -> TrainConfig:
         """The training configuration recorded in the card."""
@@ -150,15 +179,66 @@ class ModelCard(Section):
         return json.dumps(self.model_dump(mode="json"), indent=2, allow_nan=False) + "\n"
 
 
+class ModelCard(CardBase):
+    """One trained network (see the module docstring)."""
+
+    kind: Literal["single"] = "single"
+    architecture: Architecture
+    data: DataFacts
+    training: TrainingFacts
+    calibration: Calibration | None = None  # schema 2; None: temperature 1
+    ood: OodFacts | None = None  # schema 2; None: no OOD check ("unknown")
+
+    @property
+    def temperature(self) -> float:
+        """What logits are divided by before the softmax (1 for cards without calibration)."""
+        return 1.0 if self.calibration is None else self.calibration.temperature
+
+
+class Member(Section):
+    """One network of an ensemble: its card, checked by sha256, and that card's files."""
+
+    name: str
+    card: str  # path of the member's card, relative to the ensemble card's folder
+    sha256: str = Field(pattern=SHA256)  # of the member's card file
+    files: dict[str, FileEntry]  # the member card's own list (weights, pkl, ...)
+
+
+class EnsembleData(Section):
+    """Which images the members trained on and what the threshold was chosen on."""
+
+    root: str
+    method: Literal["folds", "seeds"]
+    k: int  # members
+    n_valid: int  # pooled validation images (folds: every image once, out of fold)
+    valid_counts: dict[str, int]
+    valid_fingerprint: str
+
+
+class EnsembleCard(CardBase):
+    """Several networks whose calibrated probabilities are averaged (issue 12)."""
+
+    kind: Literal["ensemble"]
+    members: list[Member] = Field(min_length=2)
+    data: EnsembleData
+    training: dict[str, Any]  # per-member epochs and seconds, total seconds
+    combine: str  # how member outputs become the ensemble's
+    ood: OodFacts | None = None  # the members' mean score and its pooled threshold
+
+
+Card = ModelCard | EnsembleCard
+
+
 @dataclass(frozen=True)
 class ExportPaths:
     """Where one export's files live."""
 
     pkl: Path  # fastai Learner pickle (`load_learner`)
-    weights: Path  # state dict only, loads without unpickling code
+    weights: Path  # state dict only, as safetensors: loads without unpickling anything
     card: Path  # JSON model card
     history: Path  # per-epoch CSV written by fastai's CSVLogger
     valid: Path  # validation predictions (file, label, probability of PNEUMONIA)
+    ood: Path  # the OOD detector's statistics (safetensors)
 
     @classmethod
     def for_name(cls, folder: Path, name: str) -> ExportPaths:
@@ -166,11 +246,16 @@ class ExportPaths:
         folder = Path(folder)
         return cls(
             pkl=folder / f"{name}.pkl",
-            weights=folder / f"{name}.pth",
+            weights=folder / f"{name}.safetensors",
             card=folder / f"{name}.json",
             history=folder / f"{name}.history.csv",
             valid=folder / f"{name}.valid.csv",
+            ood=folder / f"{name}.ood.safetensors",
         )
+
+    def of(self, kind: str) -> Path:
+        """The path of one kind of file (pkl, weights, history, valid, ood)."""
+        return getattr(self, kind)
 
 
 def library_versions() -> dict[str, str]:
@@ -200,6 +285,9 @@ def card_path_of(path: Path | str) -> Path:
                 "pass one export's .json, .pkl or .pth."
             )
         return cards[0]
+    for suffix in (".ood.safetensors", ".history.csv", ".valid.csv"):
+        if path.name.endswith(suffix):
+            return path.with_name(path.name.removesuffix(suffix) + ".json")
     return path if path.suffix == ".json" else path.with_suffix(".json")
 
 
@@ -207,7 +295,7 @@ def _where(error: dict[str, Any]) -> str:
     return ".".join(str(part) for part in error["loc"]) or "(the card itself)"
 
 
-def parse_card(data: Any, source: Path | str = "model card") -> ModelCard:
+def parse_card(data: Any, source: Path | str = "model card") -> Card:
     """Validate a card's JSON object; refuse a newer schema or a missing or mistyped field."""
     if not isinstance(data, dict):
         raise ModelFileError(f"{source} is not a model card (a JSON object was expected).")
@@ -222,8 +310,12 @@ def parse_card(data: Any, source: Path | str = "model card") -> ModelCard:
             f"{source} has schema {schema}, newer than this pneumo-fastai understands "
             f"({CARD_SCHEMA_VERSION}); upgrade pneumo-fastai."
         )
+    kind = data.get("kind", "single")
+    model = {"single": ModelCard, "ensemble": EnsembleCard}.get(kind)
+    if model is None:
+        raise ModelFileError(f"{source} has kind {kind!r}; this version reads single, ensemble.")
     try:
-        return ModelCard.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         missing = [_where(err) for err in e.errors() if err["type"] == "missing"]
         if missing:
@@ -235,7 +327,7 @@ def parse_card(data: Any, source: Path | str = "model card") -> ModelCard:
         raise ModelFileError(f"{source} has invalid values ({wrong}).") from e
 
 
-def read_card(path: Path | str) -> ModelCard:
+def read_card(path: Path | str) -> Card:
     """Load and validate the card of export `path` (its .json, .pkl, .pth, or folder)."""
     card_path = card_path_of(path)
     if not card_path.is_file():
@@ -250,7 +342,7 @@ def read_card(path: Path | str) -> ModelCard:
     return parse_card(data, f"Model card {card_path}")
 
 
-def verify_file(card: ModelCard, card_path: Path | str, kind: str) -> Path:
+def verify_file(card: CardBase, card_path: Path | str, kind: str) -> Path:
     """Path of the card's `kind` file ('pkl', 'weights', 'valid'), after checking its sha256."""
     entry = card.files.get(kind)
     if entry is None:

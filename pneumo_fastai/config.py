@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 SplitMode = Literal["patient", "image"]
+Equalize = Literal["none", "hist", "clahe"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
-CLASSES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
+CLASSES: tuple[str, str] = ("NORMAL", "PNEUMONIA")  # the binary task, and the folders
+SUBTYPES: tuple[str, str, str] = ("NORMAL", "BACTERIA", "VIRUS")  # the subtype task
+Task = Literal["binary", "subtype"]
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -26,10 +29,21 @@ class TrainConfig:
     # Dataset folder in the Kaggle layout: train/{NORMAL,PNEUMONIA}, optional val/ (merged into
     # train) and test/ (never used for training).
     data: Path | None = None
+    # binary: NORMAL vs PNEUMONIA. subtype: NORMAL, BACTERIA, VIRUS from the PNEUMONIA file names
+    # (bacteria/virus in the name); P(PNEUMONIA) = P(BACTERIA) + P(VIRUS) gives the decision.
+    task: Task = "binary"
     exports: Path = Path("exports")  # Folder for NAME.pkl, NAME.pth and NAME.json.
     name: str = "pneumo_resnet34"  # Base name of the exported files.
     seed: int = 42  # Seed for the split, sampling, initialisation and augmentation.
     valid_pct: float = 0.3  # Fraction of train+val held out for validation.
+    # Train an ensemble of K members on patient-grouped, class-stratified folds of train+val,
+    # each validating on its own fold; the threshold is chosen on the pooled out-of-fold
+    # predictions (0: one model).
+    folds: int = 0
+    # Train an ensemble of N members on one split, seeds seed, seed+1, ... (0: one model).
+    seeds: int = 0
+    # For one member of a --folds ensemble: the fold it validates on (set by the ensemble).
+    fold: int | None = None
     # patient: all images of a patient on one side, stratified by class (default). image: the
     # reference split, a seeded permutation of all images.
     split: SplitMode = "patient"
@@ -52,13 +66,38 @@ class TrainConfig:
     weights: Path | None = None
     flip: bool = False  # Random horizontal flips (never vertical).
     max_rotate: float = 10.0  # Largest random rotation, in degrees.
-    max_zoom: float = 1.1  # Largest random zoom factor.
+    # Smallest random zoom factor: below 1 the image shrinks inside a mirrored border.
+    min_zoom: float = 1.0
+    # Largest random zoom factor; fastai's zoom also moves the centre, shifting border and marker.
+    max_zoom: float = 1.1
+    max_warp: float = 0.0  # Strength of random perspective warps (0: none).
     max_lighting: float = 0.2  # Strength of random brightness and contrast changes.
+    # Random gamma in [1/(1+g), 1+g], log-uniform, on 3 in 4 images (0: off).
+    gamma: float = 0.0
+    blur: float = 0.0  # Probability of a random blur or sharpening (0: off).
+    noise: float = 0.0  # Largest standard deviation of random gaussian noise, 0..1 scale (0: off).
+    # fastai's MixUp: blend pairs of images and labels, Beta(alpha, alpha) weights (0: off).
+    mixup: float = 0.0
+    # fastai's CutMix: paste a patch of another image, Beta(alpha, alpha) sized (0: off).
+    cutmix: float = 0.0
+    # Fraction of the epochs trained on half-size batches first, then full size (fastai's
+    # progressive resizing, within one one-cycle schedule; 0: off).
+    progressive: float = 0.0
+    # Preprocessing (recorded in the card, applied by every engine): fraction of width and
+    # height cut off each side before resizing, where side markers and collimation edges sit.
+    crop_margin: float = 0.0
+    # Preprocessing: none, hist (global histogram equalisation) or clahe (adaptive, 8x8 tiles).
+    equalize: Equalize = "none"
     hidden: int = 256  # Width of the head's hidden layer.
     dropout_in: float = 0.5  # Dropout before the head's hidden layer.
     dropout_hidden: float = 0.25  # Dropout before the output layer.
     # PNEUMONIA sensitivity the decision threshold must reach on validation.
     target_sensitivity: float = 0.95
+    # Fit the check that flags inputs unlike the training X-rays (one inference pass over the
+    # training split at the end; see `pneumo-fastai predict --ood-policy`).
+    ood: bool = True
+    # Also write NAME.onnx, the graph onnxruntime runs (see `pneumo-fastai export onnx`).
+    onnx: bool = False
     num_workers: int | None = None  # DataLoader workers (default: cores - 1, at most 8).
     # Keep decoded, resized images in RAM (default: when they fit in 10% of RAM).
     cache: bool | None = None
@@ -79,6 +118,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.valid_pct < 1.0:
             raise ValueError(f"valid_pct must be between 0 and 1, got {self.valid_pct}")
+        if self.task not in ("binary", "subtype"):
+            raise ValueError(f"task must be binary or subtype, got {self.task!r}")
         if self.split not in ("patient", "image"):
             raise ValueError(f"split must be 'patient' or 'image', got {self.split!r}")
         if self.size < 32 or self.bs < 1 or self.epochs < 1 or self.patience < 1:
@@ -89,6 +130,29 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if not 0.0 < self.target_sensitivity <= 1.0:
             raise ValueError("target_sensitivity must be in (0, 1]")
+        if not 0.0 < self.min_zoom <= self.max_zoom:
+            raise ValueError(f"need 0 < min_zoom <= max_zoom, got {self.min_zoom}, {self.max_zoom}")
+        if min(self.gamma, self.noise, self.mixup, self.cutmix, self.max_warp) < 0:
+            raise ValueError("gamma, noise, mixup, cutmix and max_warp must be >= 0")
+        if self.mixup and self.cutmix:
+            raise ValueError("mixup and cutmix are alternatives: set one of them")
+        if not 0.0 <= self.blur <= 1.0 or not 0.0 <= self.progressive < 1.0:
+            raise ValueError("blur must be in [0, 1] and progressive in [0, 1)")
+        if self.folds == 1 or self.folds < 0 or self.seeds == 1 or self.seeds < 0:
+            raise ValueError("folds and seeds must be 0 (one model) or at least 2")
+        if self.folds and self.seeds:
+            raise ValueError("folds and seeds are alternatives: set one of them")
+        if self.fold is not None and not 0 <= self.fold < max(self.folds, 1):
+            raise ValueError(f"fold must be in [0, folds), got {self.fold} of {self.folds}")
+        if not 0.0 <= self.crop_margin < 0.5:
+            raise ValueError(f"crop_margin must be in [0, 0.5), got {self.crop_margin}")
+        if self.equalize not in ("none", "hist", "clahe"):
+            raise ValueError(f"equalize must be none, hist or clahe, got {self.equalize!r}")
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The classes the network predicts, in output order."""
+        return SUBTYPES if self.task == "subtype" else CLASSES
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""

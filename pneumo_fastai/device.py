@@ -14,6 +14,7 @@ command first asks (never at import or for `--help`), and takes well under a sec
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -24,6 +25,7 @@ import torch
 from .errors import PneumoError
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+PROBE_MARGIN = 1.1  # a faster path must win by 10 %, so that timing noise does not flip it
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -120,7 +122,9 @@ def resolve_compute(
         return ComputePlan("fp32", bool(channels_last), f"{device.type}: fp32")
     times = probe(training) if precision == "auto" or channels_last is None else {}
     if precision == "auto":
-        precision = min(times, key=times.get)[0]
+        fp32 = min(times[("fp32", False)], times[("fp32", True)])
+        bf16 = min(times.get(("bf16", False), math.inf), times.get(("bf16", True), math.inf))
+        precision = "bf16" if bf16 < fp32 / PROBE_MARGIN else "fp32"
         reason = (
             "CPU with bf16 instructions, bf16 measured faster than fp32"
             if precision == "bf16"
@@ -132,7 +136,7 @@ def resolve_compute(
         reason = f"CPU, --precision {precision} as asked"
     if channels_last is None:
         nchw, nhwc = times.get((precision, False)), times.get((precision, True))
-        channels_last = nchw is not None and nhwc is not None and nhwc < nchw
+        channels_last = nchw is not None and nhwc is not None and nhwc < nchw / PROBE_MARGIN
     return ComputePlan(precision, channels_last, reason)
 
 

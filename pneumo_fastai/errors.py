@@ -13,6 +13,12 @@ class Aborted(PneumoError):
     exit_code = 130
 
 
+class Interrupted(PneumoError):
+    """A run was stopped by the user (Ctrl-C, SIGTERM) after exporting what it had finished."""
+
+    exit_code = 130
+
+
 class DataError(PneumoError):
     """The dataset folder, its layout, or one of its images is unusable."""
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 import sklearn.metrics as skm
 import torch
+import torch.nn.functional as F
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
@@ -93,22 +94,89 @@ def _roc_auc(y_true, y_score) -> float:
     return skm.roc_auc_score(y_true, y_score)
 
 
-def learner_metrics() -> list:
-    """Metrics shown each epoch: accuracy, recall per class, F1 (PNEUMONIA), ROC AUC."""
+def _collapsed(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    """Subtype labels as NORMAL (0) vs PNEUMONIA (1): every class but the first is PNEUMONIA."""
+    return (np.asarray(y_true) != 0).astype(int), (np.asarray(y_pred) != 0).astype(int)
+
+
+def _subtype_recall_normal(y_true, y_pred) -> float:
+    return _recall_normal(*_collapsed(y_true, y_pred))
+
+
+def _subtype_recall_pneumonia(y_true, y_pred) -> float:
+    return _recall_pneumonia(*_collapsed(y_true, y_pred))
+
+
+def _subtype_f1_pneumonia(y_true, y_pred) -> float:
+    return _f1_pneumonia(*_collapsed(y_true, y_pred))
+
+
+def _subtype_roc_auc(y_true, probs) -> float:
+    """ROC AUC of P(PNEUMONIA) = 1 - P(NORMAL) against NORMAL vs the rest."""
+    return _roc_auc((np.asarray(y_true) != 0).astype(int), 1 - np.asarray(probs)[:, 0])
+
+
+def _balanced_accuracy(y_true, y_pred) -> float:
+    return skm.balanced_accuracy_score(y_true, y_pred)
+
+
+def _macro_auc(y_true, probs) -> float:
+    """Macro one-vs-rest ROC AUC over the classes (nan unless every class is present)."""
+    probs = np.asarray(probs)
+    if len(np.unique(y_true)) < probs.shape[1]:
+        return float("nan")
+    return skm.roc_auc_score(y_true, probs, multi_class="ovr", average="macro")
+
+
+def learner_metrics(n_classes: int = 2) -> list:
+    """Metrics shown each epoch: accuracy, recall of NORMAL and PNEUMONIA, F1 (PNEUMONIA),
+    ROC AUC of P(PNEUMONIA); with more classes, also balanced accuracy and macro AUC."""
     argmax = dict(dim_argmax=-1, to_np=True, invert_arg=True)
+    if n_classes == 2:
+        return [
+            accuracy,
+            AccumMetric(_recall_normal, name="recall_normal", **argmax),
+            AccumMetric(_recall_pneumonia, name="recall_pneumonia", **argmax),
+            AccumMetric(_f1_pneumonia, name="f1", **argmax),
+            AccumMetric(
+                _roc_auc, name="roc_auc", activation=ActivationType.BinarySoftmax, **argmax
+            ),
+        ]
+    softmax = dict(activation=ActivationType.Softmax, to_np=True, invert_arg=True)
     return [
         accuracy,
-        AccumMetric(_recall_normal, name="recall_normal", **argmax),
-        AccumMetric(_recall_pneumonia, name="recall_pneumonia", **argmax),
-        AccumMetric(_f1_pneumonia, name="f1", **argmax),
-        AccumMetric(_roc_auc, name="roc_auc", activation=ActivationType.BinarySoftmax, **argmax),
+        AccumMetric(_balanced_accuracy, name="balanced_accuracy", **argmax),
+        AccumMetric(_subtype_recall_normal, name="recall_normal", **argmax),
+        AccumMetric(_subtype_recall_pneumonia, name="recall_pneumonia", **argmax),
+        AccumMetric(_subtype_f1_pneumonia, name="f1", **argmax),
+        AccumMetric(_subtype_roc_auc, name="roc_auc", **softmax),
+        AccumMetric(_macro_auc, name="macro_auc", **softmax),
     ]
 
 
-def build_loss(config: TrainConfig, class_weight: np.ndarray | None) -> CrossEntropyLossFlat:
+class TemperedCrossEntropy(CrossEntropyLossFlat):
+    """fastai's flat cross-entropy whose activation is softmax(logits / temperature).
+
+    The temperature is 1 while training; temperature scaling sets it after training, so that
+    `learn.predict`, `get_preds` and `tta` on the export give calibrated probabilities.
+    """
+
+    def __init__(self, *args, temperature: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.temperature = temperature
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softmax(x / getattr(self, "temperature", 1.0), dim=self.axis)
+
+
+def build_loss(
+    config: TrainConfig, class_weight: np.ndarray | None = None, temperature: float = 1.0
+) -> TemperedCrossEntropy:
     """Cross-entropy with the config's label smoothing and optional class weights."""
     weight = None if class_weight is None else torch.tensor(class_weight, dtype=torch.float32)
-    return CrossEntropyLossFlat(weight=weight, label_smoothing=config.label_smoothing)
+    return TemperedCrossEntropy(
+        weight=weight, label_smoothing=config.label_smoothing, temperature=temperature
+    )
 
 
 def build_learner(
@@ -129,10 +197,31 @@ def build_learner(
         custom_head=head,
         splitter=layer4_splitter,
         loss_func=build_loss(config, class_weight),
-        metrics=learner_metrics(),
+        metrics=learner_metrics(dls.c),
         wd=config.wd,
     )
     if imagenet_state is not None:
         load_body_weights(learn.model[0], imagenet_state)
         learn.freeze_to(1)
     return learn
+
+
+class EnsembleModule(nn.Module):
+    """Several networks as one: the log of the mean of their tempered softmax outputs.
+
+    `softmax` of the output is the mean of the members' calibrated probabilities, so fastai's
+    `get_preds`, `tta` and `ClassificationInterpretation` see the ensemble as one model; the loss
+    on the output is the negative log-likelihood of that mean.
+    """
+
+    def __init__(self, members: list[nn.Module], temperatures: list[float]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("temperatures", torch.tensor(temperatures, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = [
+            F.softmax(m(x).float() / t, dim=-1)
+            for m, t in zip(self.members, self.temperatures, strict=True)
+        ]
+        return torch.log(torch.stack(probs).mean(dim=0).clamp_min(1e-12))

@@ -81,3 +81,27 @@ def single_thread() -> Iterator[None]:
     """`one_torch_thread` for a whole test module (`pytest.mark.usefixtures`)."""
     with one_torch_thread():
         yield
+
+
+@pytest.fixture(scope="session")
+def real_export(real_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Card of a 1-epoch, 64 px export from scratch on the 60 real X-rays (trained once)."""
+    from pneumo_fastai.config import TrainConfig
+    from pneumo_fastai.training.train import train
+
+    exports = tmp_path_factory.mktemp("real_export")
+    config = TrainConfig(
+        data=real_subset, pretrained=False, epochs=1, size=64, bs=8, num_workers=0, seed=1,
+        exports=exports, name="real64",
+    )  # fmt: skip
+    with one_torch_thread():
+        return train(config, progress=False, log=lambda _: None).paths.card
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, on the loopback interface."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

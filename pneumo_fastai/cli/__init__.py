@@ -16,10 +16,18 @@ import typer
 from ..errors import PneumoError
 from .data import data_app
 from .evaluate import evaluate_command, interpret_command
+from .export import export_app
 from .predict import predict_command
+from .serve import serve_command
 from .train import train_command
 
-HELP = "Train, evaluate and explain a NORMAL vs PNEUMONIA chest X-ray classifier."
+# what an install without an extra lacks, and the extra that brings it
+EXTRAS = {
+    "torch": "torch", "torchvision": "torch", "fastai": "torch", "accelerate": "torch",
+    "sklearn": "torch", "scipy": "torch", "matplotlib": "torch", "onnxruntime": "onnx",
+    "onnx": "onnx", "onnxscript": "onnx", "skimage": "clahe",
+}  # fmt: skip
+HELP = "Train, evaluate, explain and serve a NORMAL vs PNEUMONIA chest X-ray classifier."
 
 app = typer.Typer(
     help=HELP, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False
@@ -28,7 +36,9 @@ app.command("train")(train_command)
 app.command("predict")(predict_command)
 app.command("evaluate")(evaluate_command)
 app.command("interpret")(interpret_command)
+app.command("serve")(serve_command)
 app.add_typer(data_app, name="data")
+app.add_typer(export_app, name="export")
 
 
 def main() -> None:
@@ -41,3 +51,14 @@ def main() -> None:
     except PneumoError as e:
         typer.secho(f"Error: {e}", fg=typer.colors.RED, err=True)
         sys.exit(e.exit_code)
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        typer.secho(
+            f"Error: this command needs {e.name}, from the optional extra [{extra}]: "
+            f"pip install 'pneumo-fastai[{extra}]' (or pip install -e '.[{extra}]' in a checkout).",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        sys.exit(2)

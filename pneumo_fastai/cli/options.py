@@ -35,6 +35,17 @@ PrecisionOpt = Annotated[
         "the exact figures other engines are checked against; bf16 forces bf16."
     ),
 ]
+EngineOpt = Annotated[
+    Literal["torch", "onnx"],
+    typer.Option(
+        help="torch: the fastai export. onnx: onnxruntime on the NAME.onnx that `pneumo-fastai "
+        "export onnx` wrote; imports neither torch nor fastai."
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="onnx engine: intra-op threads (default: onnxruntime's choice)."),
+]
 PickleOpt = Annotated[
     bool,
     typer.Option(

@@ -7,16 +7,19 @@ only lay them out, sized to fit an 80-column terminal.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
 from ..config import CLASSES
-from ..datatools.check import DatasetReport
-from ..evaluation.evaluate import Evaluation
-from ..evaluation.report import MODE_NAMES, SHORT_NAMES, ReportFiles, bootstrap_unit, headline_rows
 from ..inference.results import Prediction
+
+if TYPE_CHECKING:  # imported by the functions that use them: `predict` never loads torch
+    from ..datatools.check import DatasetReport
+    from ..evaluation.evaluate import Evaluation
+    from ..evaluation.report import ReportFiles
 
 _SHOWN = 10  # items of a long list printed in the terminal (the JSON has them all)
 
@@ -38,6 +41,20 @@ def print_dataset_report(report: DatasetReport, console: Console | None = None) 
             f"{report.patients.get(split, 0):,}",
         )
     console.print(table)
+    if report.subtypes:
+        per_split = "; ".join(
+            f"{split} " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+            for split, counts in report.subtypes.items()
+        )
+        mixed = report.mixed_patients
+        console.print(
+            f"Subtypes (from file names, for --task subtype; unknown: left out there): "
+            f"{per_split}. {mixed['with_both']:,} of {mixed['pneumonia_patients']:,} PNEUMONIA "
+            "patients have both bacteria and virus files: --task subtype keeps each patient on "
+            "one side of the split, stratifies it by its majority subtype and keeps each "
+            "image's own label.",
+            highlight=False,
+        )
     if report.sizes:
         common = ", ".join(
             f"{s['width']}x{s['height']} ({s['images']:,})" for s in report.sizes["most_common"]
@@ -113,6 +130,8 @@ def _more(console: Console, n: int) -> None:
 
 def headline_tables(ev: Evaluation) -> list[Table]:
     """One table per inference mode: headline figures at argmax and the decision threshold."""
+    from ..evaluation.report import MODE_NAMES, SHORT_NAMES, headline_rows
+
     tables = []
     for mode in ev.summaries:
         header, rows = headline_rows(ev, ("argmax", ev.run.decision.name), SHORT_NAMES, [mode])
@@ -131,6 +150,8 @@ def print_evaluation(
     ev: Evaluation, files: ReportFiles | None = None, console: Console | None = None
 ) -> None:
     """Print the headline tables, what was left out, and where the files are."""
+    from ..evaluation.report import bootstrap_unit
+
     console = console or Console()
     ts = ev.run.test_set
     counts = ", ".join(f"{k} {v}" for k, v in ts.counts().items())
@@ -161,18 +182,23 @@ def print_predictions(
         Column(f"P({positive})", justify="right"),
         "Prediction",
         "Argmax",
-        Column("Error", overflow="fold"),
+        Column("OOD / error", overflow="fold"),
         caption=f"Prediction: {positive} where P({positive}) >= {threshold:.4g}, the model card's "
-        "decision threshold. Argmax: where P >= 0.5.",
+        "decision threshold. Argmax: the most probable class. OOD: unlike the training X-rays, "
+        "not to be read as a diagnosis.",
     )
     for p in preds:
         prob = "" if p.probability is None else f"{p.probability:.4f}"
-        file, error = Text(p.file or ""), Text(p.error or "")  # Text: no markup in file names
-        table.add_row(file, prob, p.label, p.label_argmax, error, style=None if p.ok else "red")
+        note = p.error or (f"OOD: {p.ood_reason}" if p.ood else "")
+        style = "red" if not p.ok else "yellow" if p.ood else None
+        file = Text(p.file or "")  # Text: no markup in file names
+        table.add_row(file, prob, p.label, p.label_argmax, Text(note), style=style)
     console.print(table)
     failed = sum(not p.ok for p in preds)
     n_positive = sum(p.label == positive for p in preds)
+    n_negative = sum(p.label == negative for p in preds)
+    flagged = sum(bool(p.ood) for p in preds)
     console.print(
-        f"{len(preds)} files: {n_positive} {positive}, {len(preds) - n_positive - failed} "
-        f"{negative}, {failed} could not be read."
+        f"{len(preds)} files: {n_positive} {positive}, {n_negative} {negative}, {failed} could "
+        f"not be read; {flagged} flagged as unlike the training X-rays."
     )

@@ -19,6 +19,19 @@ INTERRUPTED_EXIT = 130  # the shell's code for a run ended by Ctrl-C (SIGINT)
 
 _EXTRA = [
     inspect.Parameter(
+        "member",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            list[int] | None,
+            typer.Option(
+                help="With --folds or --seeds: (re)train only this member (0-based; repeat the "
+                "option for several). Without it, complete members are kept and the rest trained.",
+                show_default=False,
+            ),
+        ],
+    ),
+    inspect.Parameter(
         "progress",
         inspect.Parameter.KEYWORD_ONLY,
         default=True,
@@ -43,10 +56,12 @@ _EXTRA = [
 def _train(**options: Any) -> None:
     """Train ResNet34 on the X-ray folder and export NAME.pkl, NAME.pth and NAME.json.
 
+    With --folds K or --seeds N, an ensemble: its members in NAME.members/, its card NAME.json.
+
     Exit status: 0 trained and exported, 2 a usage or data error, 130 interrupted (the best
     epoch so far is still exported, its card marked interrupted).
     """
-    progress, gpus = options.pop("progress"), options.pop("gpus")
+    progress, gpus, member = options.pop("progress"), options.pop("gpus"), options.pop("member")
     try:
         config = TrainConfig(**options)
     except ValueError as e:
@@ -61,9 +76,15 @@ def _train(**options: Any) -> None:
         check_gpus(gpus, config.device)
         if gpus > 1:
             raise typer.Exit(launch_on_gpus(gpus, sys.argv[1:]))
+    if member is not None and not (config.folds or config.seeds):
+        raise PneumoError("--member picks members of an ensemble: add --folds K or --seeds N.")
+    from ..training.ensemble import train_ensemble
     from ..training.train import train
 
     try:
+        if config.folds or config.seeds:
+            train_ensemble(config, members=member, progress=progress)
+            return
         result = train(config, progress=progress)
     except KeyboardInterrupt as e:
         raise Aborted("Aborted by a second interrupt; nothing was exported.") from e

@@ -20,17 +20,19 @@ import numpy as np
 import torch
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
 from fastai.data.core import DataLoaders
-from fastai.data.transforms import IntToFloatTensor, Normalize
-from fastai.vision.augment import Resize, ResizeMethod, aug_transforms
+from fastai.data.transforms import IntToFloatTensor
+from fastai.vision.augment import Resize, ResizeMethod
 from fastai.vision.core import PILImage
 from fasttransform import Transform
 from PIL import Image
 
-from ..config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, TrainConfig
+from ..config import TrainConfig
 from ..fileio import worker_count
+from .augment import batch_transforms
 from .cache import fill_cache, should_cache
 from .images import load_xray, load_xray_bytes, to_gray8
-from .names import label_of
+from .names import label_fn
+from .preprocess import Preprocessing, preprocessing
 from .split import SeededSplitter
 
 
@@ -49,25 +51,32 @@ class LoadXray(Transform):
     def __init__(
         self,
         draft: int | None = None,  # decode big images at about this size, in pixels
-        cache: Mapping[str, Image.Image] | None = None,  # decoded images by path (training only)
+        cache: Mapping[str, Image.Image] | None = None,  # prepared images by path (training)
+        prep: Preprocessing | None = None,  # crop, squash, equalise (see `preprocess.py`)
     ):
         super().__init__()
-        self.draft, self.cache = draft, cache
+        self.draft, self.cache, self.prep = draft, cache, prep
 
     def encodes(self, x: Any) -> XrayImage:
         return XrayImage(self.gray(x).convert("RGB"))
 
     def gray(self, x: Any) -> Image.Image:
-        """`x` as the mode "L" image the model sees, before resizing."""
+        """`x` as the mode "L" image the model sees (prepared, when the export has steps)."""
+        cache = getattr(self, "cache", None)  # absent in pickles of older versions
+        if cache and isinstance(x, str | Path) and str(x) in cache:
+            return cache[str(x)]  # prepared when the cache was filled
+        img = self.open(x)
+        prep = getattr(self, "prep", None)  # absent in pickles of 0.1.0: they resize later
+        return img if prep is None else prep(img)
+
+    def open(self, x: Any) -> Image.Image:
+        """Any input `PILImage.create` takes, or DICOM, as a mode "L" image."""
         if isinstance(x, Image.Image):
             return to_gray8(x, self.draft)
         if isinstance(x, np.ndarray):
             return to_gray8(Image.fromarray(x), self.draft)
         if isinstance(x, bytes):
             return load_xray_bytes(x, self.draft)
-        cache = getattr(self, "cache", None)  # absent in pickles of older versions
-        if cache and str(x) in cache:
-            return cache[str(x)]
         return load_xray(x, self.draft)
 
     def __getstate__(self) -> dict:
@@ -82,10 +91,12 @@ def uses_cache(dls: DataLoaders) -> bool:
 
 
 def xray_block(
-    draft: int | None = None, cache: Mapping[str, Image.Image] | None = None
+    draft: int | None = None,
+    cache: Mapping[str, Image.Image] | None = None,
+    prep: Preprocessing | None = None,
 ) -> TransformBlock:
     """Like fastai's `ImageBlock`, but opening files with `LoadXray`."""
-    return TransformBlock(type_tfms=LoadXray(draft, cache), batch_tfms=IntToFloatTensor)
+    return TransformBlock(type_tfms=LoadXray(draft, cache, prep), batch_tfms=IntToFloatTensor)
 
 
 def item_transforms(config: TrainConfig) -> list:
@@ -93,29 +104,24 @@ def item_transforms(config: TrainConfig) -> list:
     return [Resize(config.size, method=ResizeMethod.Squish)]
 
 
-def batch_transforms(config: TrainConfig) -> list:
-    """Train-time augmentation for X-rays (no vertical flip) then ImageNet normalisation."""
-    augs = aug_transforms(
-        do_flip=config.flip,
-        flip_vert=False,
-        max_rotate=config.max_rotate,
-        max_zoom=config.max_zoom,
-        max_lighting=config.max_lighting,
-        max_warp=0.0,
-        p_affine=0.75,
-        p_lighting=0.75,
-    )
-    return [*augs, Normalize.from_stats(IMAGENET_MEAN, IMAGENET_STD)]
-
-
 def xray_datablock(
     config: TrainConfig, cache: Mapping[str, Image.Image] | None = None
 ) -> DataBlock:
     """The `DataBlock`: X-ray images, fixed NORMAL/PNEUMONIA vocab, seeded splitter."""
     return DataBlock(
-        blocks=(xray_block(config.size, cache), CategoryBlock(vocab=list(CLASSES))),
-        get_y=label_of,
-        splitter=SeededSplitter(config.valid_pct, config.seed, config.split),
+        blocks=(
+            xray_block(config.size, cache, preprocessing(config)),
+            CategoryBlock(vocab=list(config.classes)),
+        ),
+        get_y=label_fn(config.task),
+        splitter=SeededSplitter(
+            config.valid_pct,
+            config.seed,
+            config.split,
+            config.folds,
+            config.fold or 0,
+            config.task,
+        ),
         item_tfms=item_transforms(config),
         batch_tfms=batch_transforms(config),
     )
@@ -134,7 +140,7 @@ def build_dataloaders(
     )
     cache = None
     if should_cache(config.cache, len(files), config.size):
-        cache = fill_cache(files, config.size, progress=progress)
+        cache = fill_cache(files, preprocessing(config), progress=progress)
     on_gpu = torch.device(device or "cpu").type == "cuda"
     return xray_datablock(config, cache).dataloaders(
         files, bs=config.bs, num_workers=workers, device=device, pin_memory=on_gpu

@@ -1,4 +1,4 @@
-"""In-memory cache of decoded, resized X-rays, filled once before training.
+"""In-memory cache of decoded, prepared X-rays, filled once before training.
 
 Decoding and resizing a full-size X-ray costs far more than the augmentation that follows, and
 one epoch reads every image again. When the squashed `size` x `size` uint8 images fit in a small
@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..fileio import worker_count
 from .images import load_xray
+from .preprocess import Preprocessing
 
 RAM_SHARE = 0.1  # the cache may take at most this share of physical memory
 
@@ -42,19 +43,21 @@ def should_cache(requested: bool | None, n_images: int, size: int) -> bool:
     return cache_bytes(n_images, size) <= RAM_SHARE * physical_memory()
 
 
-def decode_resized(path: Path, size: int) -> Image.Image:
-    """One X-ray decoded (JPEG draft where possible) and squashed to `size` x `size`, mode L."""
-    img = load_xray(path, draft=size)
-    return img if img.size == (size, size) else img.resize((size, size), Image.BILINEAR)
+def decode_prepared(path: Path, prep: Preprocessing) -> Image.Image:
+    """One X-ray decoded (JPEG draft where possible) and prepared: `prep.size` square, mode L."""
+    return prep(load_xray(path, draft=prep.size))
 
 
 def fill_cache(
-    files: Sequence[Path], size: int, threads: int | None = None, progress: bool = True
+    files: Sequence[Path],
+    prep: Preprocessing,  # what the model sees: crop, squash, equalise
+    threads: int | None = None,
+    progress: bool = True,
 ) -> dict[str, Image.Image]:
-    """Decode every file once, in parallel threads (PIL releases the GIL while decoding)."""
+    """Decode and prepare every file once, in threads (PIL releases the GIL while decoding)."""
     threads = threads or max(1, worker_count(beside_compute=False))
     with ThreadPoolExecutor(threads) as pool:
-        images = pool.map(lambda f: decode_resized(f, size), files)
+        images = pool.map(lambda f: decode_prepared(f, prep), files)
         if progress:
             images = progress_bar(images, total=len(files))
         return {str(f): img for f, img in zip(files, images, strict=True)}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +32,13 @@ KAGGLE_FOLDER = "chest_xray"  # the folder Kaggle's zip unpacks to
 IMAGE_KINDS = "/".join(sorted(RASTER_SUFFIXES))  # for messages: .jpeg/.jpg/.png
 
 
-def class_counts(files: Iterable[Path | str], classes: Sequence[str] = CLASSES) -> dict[str, int]:
+def class_counts(
+    files: Iterable[Path | str],
+    classes: Sequence[str] = CLASSES,
+    label: Callable[[Path | str], str | None] = label_of,  # e.g. `names.subtype_of`
+) -> dict[str, int]:
     """Number of files per class (by parent folder), every class listed, in class order."""
-    counts = Counter(label_of(f) for f in files)
+    counts = Counter(label(f) for f in files)
     return {c: counts.get(c, 0) for c in classes}
 
 

@@ -17,9 +17,31 @@ _PATIENT_PATTERNS: tuple[re.Pattern[str], ...] = (
 )
 
 
+_SUBTYPE_WORDS = {"bacteria": "BACTERIA", "virus": "VIRUS"}
+
+
 def label_of(path: Path | str) -> str:
     """Class of an image: the name of the folder it sits in."""
     return Path(path).parent.name
+
+
+def subtype_of(path: Path | str) -> str | None:
+    """NORMAL, BACTERIA or VIRUS; None for a PNEUMONIA file whose name says neither (or both).
+
+    Kermany's PNEUMONIA files are named `person<ID>_<bacteria|virus>_<n>`: the word is the label,
+    never guessed from anything else.
+    """
+    label = label_of(path)
+    if label != "PNEUMONIA":
+        return label
+    stem = Path(path).stem.lower()
+    found = {kind for word, kind in _SUBTYPE_WORDS.items() if word in stem}
+    return found.pop() if len(found) == 1 else None
+
+
+def label_fn(task: str):
+    """How a file's label is read for a task: its folder (binary) or its name (subtype)."""
+    return subtype_of if task == "subtype" else label_of
 
 
 def patient_id(path: Path | str) -> str:

@@ -22,10 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import CLASSES, SplitMode, TrainConfig
+from ..config import CLASSES, SUBTYPES, SplitMode, TrainConfig
 from ..data.images import ImageCheck, check_images
-from ..data.layout import IMAGE_KINDS, SPLITS, TRAIN_SPLITS, list_split, relative_name, resolve_root
-from ..data.names import label_of, patient_id
+from ..data.layout import (
+    IMAGE_KINDS,
+    SPLITS,
+    TRAIN_SPLITS,
+    class_counts,
+    list_split,
+    relative_name,
+    resolve_root,
+)
+from ..data.names import label_of, patient_id, subtype_of
 from ..data.split import SeededSplitter
 from ..errors import DataError
 from ..fileio import write_text_atomic
@@ -72,6 +80,8 @@ class DatasetReport:
     duplicates: list[DuplicateGroup] = field(default_factory=list)  # exact pixel duplicates
     patients: dict[str, int] = field(default_factory=dict)  # split -> distinct patient ids
     shared_patients: list[str] = field(default_factory=list)  # ids in both train/val and test
+    subtypes: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> subtype -> images
+    mixed_patients: dict[str, int] = field(default_factory=dict)  # ids with bacteria and virus
     split_preview: dict[str, Any] = field(default_factory=dict)  # what the training split does
     problems: list[str] = field(default_factory=list)  # fatal: training would be unsound
     warnings: list[str] = field(default_factory=list)  # worth knowing, not fatal
@@ -126,6 +136,8 @@ class DatasetReport:
             ],
             "patients": self.patients,
             "shared_patients": self.shared_patients,
+            "subtypes": self.subtypes,
+            "mixed_patients": self.mixed_patients,
             "split_preview": self.split_preview,
         }
 
@@ -172,6 +184,7 @@ def check_dataset(
     if not quick:
         _find_duplicates(report, scanned)
     _check_patients(report, images)
+    _count_subtypes(report, images)
     if not report.problems:
         _preview_split(report, images, seed, valid_pct, split)
     return report
@@ -312,6 +325,19 @@ def _check_patients(report: DatasetReport, images: dict[str, list[Path]]) -> Non
             f"{len(report.shared_patients)} patient(s) have images in both train/val and test: "
             "test figures are not on unseen patients."
         )
+
+
+def _count_subtypes(report: DatasetReport, images: dict[str, list[Path]]) -> None:
+    """Images per subtype (NORMAL, BACTERIA, VIRUS, unknown) and patients with both kinds."""
+    for split, files in images.items():
+        counts = class_counts(files, (*SUBTYPES, None), subtype_of)
+        report.subtypes[split] = {(k or "unknown"): v for k, v in counts.items()}
+    kinds: dict[str, set[str | None]] = defaultdict(set)
+    for f in (f for split in images.values() for f in split):
+        if label_of(f) == "PNEUMONIA":
+            kinds[patient_id(f)].add(subtype_of(f))
+    both = sum({"BACTERIA", "VIRUS"} <= k for k in kinds.values())
+    report.mixed_patients = {"pneumonia_patients": len(kinds), "with_both": both}
 
 
 def _preview_split(

@@ -37,12 +37,12 @@ from ..data.layout import (
     list_split,
     relative_name,
 )
-from ..data.names import has_patient_id, label_of, patient_id
+from ..data.names import has_patient_id, label_fn, label_of, patient_id, subtype_of
 from ..errors import DataError, ModelFileError, PneumoError
 from ..fileio import sha256_file
 from ..inference.loading import ExportedModel, load_export
 from ..inference.predict import XrayClassifier
-from .metrics import choose_threshold, summarize
+from .metrics import choose_threshold, multiclass_summary, summarize
 
 REPORTS = Path("reports")  # default parent of the report folder reports/NAME/
 ARGMAX_THRESHOLD = 0.5  # two classes: argmax picks PNEUMONIA where P(PNEUMONIA) >= 0.5
@@ -118,6 +118,7 @@ class EvalRun:
     dl: TfmdDL  # sequential labelled loader over `test_set.files`
     probabilities: dict[str, np.ndarray]  # "plain" and, with TTA, "tta": P(PNEUMONIA) per file
     points: tuple[OperatingPoint, ...]  # argmax, card[, target]; the last is the decision
+    class_probs: np.ndarray | None = None  # (n, n_classes), plain, for 3-class models
 
     @property
     def name(self) -> str:
@@ -134,6 +135,12 @@ class EvalRun:
         """True labels, 0/1."""
         return self.test_set.labels()
 
+    @property
+    def class_labels(self) -> np.ndarray:
+        """True class indices in the model's classes (a subtype model's from the file names)."""
+        label, classes = label_fn(self.exported.card.task), self.exported.card.classes
+        return np.array([classes.index(label(f)) for f in self.test_set.files], dtype=np.int64)
+
 
 @dataclass
 class Evaluation:
@@ -144,6 +151,7 @@ class Evaluation:
     reports: dict[str, dict[str, str]]  # mode -> point -> scikit-learn classification_report
     n_boot: int  # bootstrap resamples per interval
     seed: int  # bootstrap (and TTA augmentation) seed
+    subtype: dict[str, Any] | None = None  # `metrics.multiclass_summary`, for 3-class models
 
 
 def load_test_set(folder: Path | str, progress: bool = False) -> EvalSet:
@@ -217,10 +225,11 @@ def read_valid_predictions(exported: ExportedModel) -> tuple[np.ndarray, np.ndar
     path = verify_file(exported.card, exported.card_path, "valid")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    unknown = sorted({r["label"] for r in rows} - set(CLASSES))
+    classes = exported.card.classes
+    unknown = sorted({r["label"] for r in rows} - set(classes))
     if unknown:
-        raise ModelFileError(f"{path} has labels {unknown}; expected {', '.join(CLASSES)}.")
-    y = np.array([CLASSES.index(r["label"]) for r in rows], dtype=np.int64)
+        raise ModelFileError(f"{path} has labels {unknown}; expected {', '.join(classes)}.")
+    y = np.array([int(r["label"] != classes[0]) for r in rows], dtype=np.int64)
     return y, np.array([float(r["probability"]) for r in rows])
 
 
@@ -281,17 +290,28 @@ def run_test_set(
     points = operating_points(exported, target_sensitivity)
     listed = load_test_set(find_test_folder(data, test), progress)
     classifier = XrayClassifier(exported)
-    preds = _predict_all(classifier, listed.files, bs, tta=False, progress=progress)
+    candidates, unlabelled = list(listed.files), []
+    if exported.card.task == "subtype":
+        unlabelled = [f for f in candidates if subtype_of(f) is None]
+        candidates = [f for f in candidates if subtype_of(f) is not None]
+    preds = _predict_all(classifier, candidates, bs, tta=False, progress=progress)
     failed = [SkippedFile(Path(p.file), p.error) for p in preds if not p.ok]
+    failed += [SkippedFile(f, "its name says neither bacteria nor virus") for f in unlabelled]
     readable = [Path(p.file) for p in preds if p.ok]
     test_set = _test_set(listed.folder, readable, [*listed.skipped, *failed])
     probabilities = {"plain": np.array([p.probability for p in preds if p.ok], dtype=np.float64)}
+    per_class = [p.class_probabilities for p in preds if p.ok]
+    class_probs = (
+        np.array([[d[c] for c in exported.card.classes] for d in per_class])
+        if per_class and per_class[0] is not None
+        else None
+    )
     if tta:
         set_seed(seed)
         tta_preds = _predict_all(classifier, test_set.files, bs, tta=True, progress=progress)
         probabilities["tta"] = np.array([p.probability for p in tta_preds], dtype=np.float64)
     dl = exported.dataloader(test_set.files, labelled=True, bs=bs, num_workers=num_workers)
-    return EvalRun(exported, test_set, dl, probabilities, points)
+    return EvalRun(exported, test_set, dl, probabilities, points, class_probs)
 
 
 def report_text(y: np.ndarray, p: np.ndarray, threshold: float) -> str:
@@ -349,7 +369,13 @@ def evaluate(
     summaries, reports = compute_figures(
         run.y, run.probabilities, run.points, run.test_set.patients(), n_boot, seed
     )
-    return Evaluation(run, summaries, reports, n_boot, seed)
+    subtype = None
+    if run.class_probs is not None:
+        subtype = multiclass_summary(
+            run.class_labels, run.class_probs, run.exported.card.classes,
+            run.test_set.patients(), n_boot, seed,
+        )  # fmt: skip
+    return Evaluation(run, summaries, reports, n_boot, seed, subtype)
 
 
 def model_facts(exported: ExportedModel) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from fastai.interpret import ClassificationInterpretation
 from fastai.torch_core import to_np
 from matplotlib.figure import Figure
@@ -95,21 +96,32 @@ def gradcam_gallery(
     files = [run.test_set.files[i] for i in idxs]
     dl = run.exported.dataloader(files, bs=_CAM_BATCH, num_workers=0)
     batches = [b[0] for b in dl]
-    heat = np.concatenate([grad_cam(run.exported.learner.model, xb) for xb in batches])
+    classes = run.exported.card.classes
+    many = run.class_probs is not None  # 3 classes: explain each image's predicted class
+    targets = run.class_probs[list(idxs)].argmax(axis=1) if many else np.ones(len(idxs), int)
+    starts = np.cumsum([0, *(len(xb) for xb in batches)])
+    heat = np.concatenate([
+        grad_cam(run.exported.learner.model, xb, target=torch.as_tensor(targets[a:b]))
+        for xb, a, b in zip(batches, starts[:-1], starts[1:], strict=True)
+    ])  # fmt: skip
     images = np.concatenate([unnormalize_gray(xb) for xb in batches])
     p, y, t = run.probabilities["plain"], run.y, run.decision.threshold
     fig, axes = _grid(len(files))
-    for ax, i, img, cam, loss in zip(axes, idxs, images, heat, losses, strict=True):
+    panels = zip(axes, idxs, images, heat, losses, targets, strict=True)
+    for ax, i, img, cam, loss, target in panels:
         ax.imshow(img, cmap="gray", vmin=0, vmax=1)
         ax.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
         predicted = CLASSES[int(p[i] >= t)]
+        explained = f", CAM of {classes[target]}" if many else ""
         ax.set_title(
-            f"true {CLASSES[y[i]]}, pred {predicted}\nP(PNEUMONIA) {p[i]:.3f}, loss {loss:.2f}",
+            f"true {CLASSES[y[i]]}, pred {predicted}{explained}\n"
+            f"P(PNEUMONIA) {p[i]:.3f}, loss {loss:.2f}",
             fontsize=9,
         )
         ax.axis("off")
+    what = "of each image's predicted class" if many else "of the PNEUMONIA logit"
     fig.suptitle(
-        f"{title}: Grad-CAM of the PNEUMONIA logit on layer4 (red: evidence for PNEUMONIA)\n"
+        f"{title}: Grad-CAM {what} on layer4 (red: evidence for it)\n"
         f"predictions at the decision threshold {run.decision.label}"
     )
     return fig

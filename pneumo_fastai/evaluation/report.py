@@ -168,6 +168,7 @@ def metrics_dict(ev: Evaluation) -> dict[str, Any]:
         },
         "results": results,
         "classification_report": ev.reports,
+        "subtype": ev.subtype,
         "versions": library_versions(),
     }
 
@@ -268,6 +269,11 @@ def _sections(ev: Evaluation, plots: dict[str, Path]) -> list[tuple[str, list[_B
             ],
         ),
         ("Per class", [_per_class_table(ev)]),
+        *(
+            [("Three classes (NORMAL, BACTERIA, VIRUS)", _subtype_blocks(ev.subtype))]
+            if ev.subtype
+            else []
+        ),
         ("Confusion matrices", [_confusion_table(ev)]),
         (
             "scikit-learn classification reports",
@@ -292,6 +298,41 @@ def _sections(ev: Evaluation, plots: dict[str, Path]) -> list[tuple[str, list[_B
             )
         )
     return sections
+
+
+SUBTYPE_NAMES = {
+    "accuracy": "Accuracy (3 classes)",
+    "balanced_accuracy": "Balanced accuracy (3 classes)",
+    "macro_auc": "Macro one-vs-rest ROC AUC",
+    "bacteria_vs_virus_accuracy": "Bacteria vs virus accuracy, among PNEUMONIA images",
+}
+
+
+def _subtype_blocks(summary: dict[str, Any]) -> list[_Block]:
+    """The three-class figures with intervals, per-class figures, and the 3 x 3 confusion."""
+    m, classes = summary["metrics"], summary["classes"]
+    headline = [[SUBTYPE_NAMES[k], with_interval(m[k])] for k in SUBTYPE_NAMES]
+    per_class = [
+        [c, *(with_interval(m[f"{kind}_{c.lower()}"]) for kind in ("precision", "recall", "f1"))]
+        for c in classes
+    ]
+    cm = summary["confusion_matrix"]
+    counts = [
+        [row, *map(str, values)] for row, values in zip(cm["rows"], cm["counts"], strict=True)
+    ]
+    normalised = [
+        [row, *("n/a" if v is None else f"{v:.3f}" for v in values)]
+        for row, values in zip(cm["rows"], cm["normalized"], strict=True)
+    ]
+    return [
+        f"Argmax over the three classes, on {summary['n_samples']} images; 95% intervals from "
+        f"{summary['n_resamples']} patient-bootstrap resamples. The binary figures above are "
+        "those of the collapsed P(PNEUMONIA) = P(BACTERIA) + P(VIRUS).",
+        _Table(["Figure (95% CI)", "Value"], headline),
+        _Table(["Class", "Precision", "Recall", "F1"], per_class),
+        _Table(["Counts", *cm["columns"]], counts),
+        _Table(["Row-normalised", *cm["columns"]], normalised),
+    ]
 
 
 def _per_class_table(ev: Evaluation) -> _Table:

@@ -1,7 +1,7 @@
 """What to predict: files, folders and globs expanded; items decoded in chunks, in threads.
 
     files = expand_inputs(["scan.dcm", "scans/", "more/*.png"])
-    for chunk in decode_chunks(files, size=224, n=64):  # [(item, image or error text), ...]
+    for chunk in decode_chunks(files, size=224, n=64):  # [(item, Decoded or error text), ...]
         ...
 
 Decoding uses the one readability rule (`check_image`), so a file that cannot be read gets the
@@ -13,8 +13,8 @@ from __future__ import annotations
 import glob
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
@@ -22,28 +22,54 @@ from ..data.formats import PREDICT_SUFFIXES
 from ..data.images import check_image, is_dicom, to_gray8
 from ..errors import DataError
 from ..fileio import worker_count
+from .ood import input_problem
 
 Item = Path | str | Image.Image  # what can be predicted: a file path or an in-memory image
 _GLOB_CHARS = frozenset("*?[")
 
 
-def read_item(item: Item, size: int) -> Image.Image | str:
-    """`item` as an 8-bit gray image of about `size` px (see `load_xray`), or why it cannot be."""
+@dataclass(frozen=True)
+class Decoded:
+    """An item decoded for the model, and what the cheap input checks found (when asked)."""
+
+    image: Image.Image  # mode "L", about `size` px (see `load_xray`)
+    problem: str | None = None  # why it is unlike a chest radiograph (`ood.input_problem`)
+
+
+def _raw_problem(item: Item, gray: Image.Image) -> str | None:
+    """The input checks on an item's own pixels (lazily opened for a raster file)."""
+    if isinstance(item, Image.Image):
+        return input_problem(gray, item)
+    try:
+        with Image.open(item) as raw:
+            return input_problem(gray, raw)
+    except Exception:  # DICOM (PIL cannot open it), or a raster PIL only decodes via load_xray
+        return input_problem(gray)
+
+
+def read_item(item: Item, size: int, checks: bool = False) -> Decoded | str:
+    """`item` decoded for a model of input `size` (and checked, with `checks`), or why it cannot."""
     try:
         if isinstance(item, Image.Image):
-            return to_gray8(item, size)
-        check = check_image(item, decode=True, draft=size)
-        return check.image if check.image is not None else check.reason or "unreadable"
+            gray = to_gray8(item, size)
+        else:
+            check = check_image(item, decode=True, draft=size)
+            if check.image is None:
+                return check.reason or "unreadable"
+            gray = check.image
+        return Decoded(gray, _raw_problem(item, gray) if checks else None)
     except Exception as e:  # one odd file must not end a run over thousands
         return f"unexpected {type(e).__name__} while reading the image: {e}"
 
 
-def decode_chunks(items: Iterable[Item], size: int, n: int) -> Iterator[list[tuple[Item, Any]]]:
-    """(item, image or error) in chunks of `n`; the next chunk decodes while one is predicted."""
+def decode_chunks(
+    items: Iterable[Item], size: int, n: int, checks: bool = False
+) -> Iterator[list[tuple[Item, Decoded | str]]]:
+    """(item, `read_item` result) in chunks of `n`; the next chunk decodes while one is used."""
     pending: list[tuple[Item, Future]] = []
     with ThreadPoolExecutor(max(1, worker_count(beside_compute=True))) as pool:
         for item in items:
-            pending.append((item, pool.submit(read_item, item, size)))
+            pending.append((item, pool.submit(read_item, item, size, checks)))
             if len(pending) == 2 * n:
                 yield [(x, f.result()) for x, f in pending[:n]]
                 pending = pending[n:]

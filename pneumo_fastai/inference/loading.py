@@ -1,10 +1,12 @@
 """Load an export for inference: weights + model card by default, the fastai pickle on request.
 
-The default path never unpickles code: it rebuilds the network from the card, loads the
-weights-only file (`torch.load(weights_only=True)`) and rebuilds the validation pipeline from
-the card's config. `trust_pickle=True` uses fastai's `load_learner`. Both check the file's
-sha256 against the card first, and both give the same probabilities. Inference runs under
-`torch.inference_mode` with the device rule of `device.py` (`precision="fp32"` for parity checks).
+The default path never unpickles anything: it rebuilds the network from the card, loads the
+weights-only NAME.safetensors (NAME.pth, with `torch.load(weights_only=True)`, in exports of
+0.1.0) and rebuilds the validation pipeline from the card's config. `trust_pickle=True` uses
+fastai's `load_learner`. Both check the file's sha256 against the card first, and both give the
+same probabilities. An ensemble's card loads every member the same way (`EnsembleModule`).
+Inference runs under `torch.inference_mode` with the device rule of `device.py`
+(`precision="fp32"` for parity checks).
 
     from pneumo_fastai.inference.loading import load_export
     exported = load_export("exports/pneumo_resnet34.json")
@@ -27,17 +29,20 @@ from fastai.callback.core import Callback
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.core import DataLoaders, TfmdDL
 from fastai.learner import Learner, load_learner
-from fastai.losses import CrossEntropyLossFlat
 from PIL import Image
+from safetensors.torch import load_file
 
-from ..card import ModelCard, card_path_of, read_card, verify_file
-from ..config import CLASSES, TrainConfig
-from ..data.block import batch_transforms, item_transforms, xray_block
-from ..data.names import label_of
+from ..card import Card, EnsembleCard, ModelCard, card_path_of, read_card, verify_file
+from ..config import TrainConfig
+from ..data.augment import batch_transforms
+from ..data.block import item_transforms, xray_block
+from ..data.names import label_fn
+from ..data.preprocess import preprocessing
 from ..device import ComputePlan, autocast, resolve_compute, resolve_device
 from ..errors import ModelFileError
-from ..fileio import worker_count
-from ..model import build_model
+from ..fileio import sha256_file, worker_count
+from ..model import EnsembleModule, build_loss, build_model
+from .features import capture, pooled_layers
 
 
 def _all_in_both(items: Sequence[Any]) -> tuple[list[int], list[int]]:
@@ -47,12 +52,12 @@ def _all_in_both(items: Sequence[Any]) -> tuple[list[int], list[int]]:
 
 def inference_datablock(config: TrainConfig, labelled: bool) -> DataBlock:
     """Files -> (image[, label]) with training's transforms (augmentation runs only in `tta`)."""
-    blocks = (xray_block(draft=config.size),)
+    blocks = (xray_block(draft=config.size, prep=preprocessing(config)),)
     if labelled:
-        blocks = (*blocks, CategoryBlock(vocab=list(CLASSES)))
+        blocks = (*blocks, CategoryBlock(vocab=list(config.classes)))
     return DataBlock(
         blocks=blocks,
-        get_y=label_of if labelled else None,
+        get_y=label_fn(config.task) if labelled else None,
         splitter=_all_in_both,
         item_tfms=item_transforms(config),
         batch_tfms=batch_transforms(config),
@@ -81,7 +86,7 @@ class AutocastPredictions(Callback):
 class ExportedModel:
     """An exported model ready for inference, whichever way it was loaded."""
 
-    card: ModelCard  # the validated model card
+    card: Card  # the validated model card (a single model's or an ensemble's)
     card_path: Path  # where the card lives (the other files sit beside it)
     config: TrainConfig  # training config recorded in the card
     learner: Learner  # fastai Learner around the network (pickled or rebuilt)
@@ -102,7 +107,7 @@ class ExportedModel:
     def dataloader(
         self,
         items: Sequence[Path | str | Image.Image],  # files, or images already decoded
-        labelled: bool = False,  # labels from the parent folder (NORMAL/PNEUMONIA) of each file
+        labelled: bool = False,  # labels from each file's folder (or name, for subtype models)
         bs: int = 64,
         num_workers: int | None = None,
     ) -> TfmdDL:
@@ -128,53 +133,121 @@ class ExportedModel:
         self.learner.dls = DataLoaders(dl, dl, device=self.device)
         return self.learner
 
-    def probabilities(self, dl: TfmdDL, tta: bool = False) -> np.ndarray:
-        """P(PNEUMONIA) for every item of `dl`, in order."""
+    def outputs(
+        self,
+        dl: TfmdDL,
+        tta: bool = False,  # fastai's test-time augmentation (the features are the plain pass's)
+        features: bool = False,  # also the pooled features, one array per network
+    ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """Class probabilities (n, n_classes), calibrated, for every item of `dl`, in order."""
         learn = self.learner_for(dl)
         fp32 = self.plan.precision == "fp32"
         cbs = [] if fp32 else [AutocastPredictions(self.device, self.plan.precision)]
+        layers = pooled_layers(learn.model) if features else []
+        kept: list[list[torch.Tensor]] = [[] for _ in layers]
         with (
             warnings.catch_warnings(),
             torch.inference_mode(),
             learn.added_cbs(cbs),
         ):
             warnings.simplefilter("ignore", UserWarning)
-            probs, _ = learn.tta(dl=dl) if tta else learn.get_preds(dl=dl)
-        return probs[:, 1].float().numpy().astype(np.float64)
+            if features or not tta:
+                with capture(layers, kept):
+                    probs, _ = learn.get_preds(dl=dl)
+            if tta:
+                probs, _ = learn.tta(dl=dl)
+        feats = [torch.cat(k).numpy() for k in kept] if features else None
+        return probs.float().numpy().astype(np.float64), feats
+
+    def probabilities(self, dl: TfmdDL, tta: bool = False) -> np.ndarray:
+        """P(PNEUMONIA) (every class but the first) for every item of `dl`, in order."""
+        return positive_probability(self.outputs(dl, tta)[0])
 
 
-def load_export(
-    path: Path | str,  # export: NAME.json, NAME.pth, NAME.pkl, or a folder holding one card
-    trust_pickle: bool = False,  # load the fastai pickle (runs its code) instead of the weights
-    device: str = "auto",  # auto, cpu, cuda or cuda:N
-    precision: str = "auto",  # auto (the device rule), fp32 or bf16
-) -> ExportedModel:
-    """Load export `path` after checking the sha256 in its card, ready for inference."""
-    card_path = card_path_of(path)
-    card = read_card(card_path)
+def positive_probability(probs: np.ndarray) -> np.ndarray:
+    """P(PNEUMONIA) from class probabilities: all but the first (NORMAL) class."""
+    return probs[:, 1:].sum(axis=1)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors file (no pickle) or, for exports of 0.1.0, a .pth."""
+    if path.suffix == ".safetensors":
+        return load_file(path, device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_single(
+    card: ModelCard, card_path: Path, trust_pickle: bool, dev: torch.device
+) -> Learner:
+    """One network's Learner, from its pickle or rebuilt from its weights (sha256 checked)."""
     config = card.train_config()
-    dev = resolve_device(device)
-    plan = resolve_compute(dev, precision, training=False)
     if trust_pickle:
         pkl = verify_file(card, card_path, "pkl")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             learn = load_learner(pkl, cpu=dev.type == "cpu")
         learn.model.to(dev)
-    else:
-        weights = verify_file(card, card_path, "weights")
-        model = build_model(config, n_out=len(card.classes))
-        try:
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        except RuntimeError as e:
+        return learn
+    weights = verify_file(card, card_path, "weights")
+    model = build_model(config, n_out=len(card.classes))
+    try:
+        model.load_state_dict(read_weights(weights))
+    except RuntimeError as e:
+        raise ModelFileError(f"{weights} does not fit the architecture in its card ({e}).") from e
+    empty = DataLoaders(device=dev)
+    return Learner(empty, model.to(dev), loss_func=build_loss(config, temperature=card.temperature))
+
+
+def member_cards(card: EnsembleCard, card_path: Path) -> list[tuple[ModelCard, Path]]:
+    """Each member's card and its path, after checking it against the ensemble card's sha256."""
+    out = []
+    for member in card.members:
+        path = card_path.parent / member.card
+        if not path.is_file():
+            raise ModelFileError(f"Member {member.name} of {card_path} is missing ({path}).")
+        if sha256_file(path) != member.sha256:
             raise ModelFileError(
-                f"{weights} does not fit the architecture in its card ({e})."
-            ) from e
-        model.to(dev)
-        empty = DataLoaders(device=dev)
-        learn = Learner(empty, model, loss_func=CrossEntropyLossFlat())
+                f"Member {member.name} of {card_path} does not match the ensemble card "
+                f"({path} was modified or replaced). Refusing to load it."
+            )
+        member_card = read_card(path)
+        if not isinstance(member_card, ModelCard):
+            raise ModelFileError(f"Member {member.name} of {card_path} is not a single model.")
+        out.append((member_card, path))
+    return out
+
+
+def _load_ensemble(
+    card: EnsembleCard, card_path: Path, trust_pickle: bool, dev: torch.device
+) -> tuple[Learner, DataLoaders | None]:
+    """A Learner around the members' `EnsembleModule`, and the first member's pickled loaders."""
+    learners, temperatures = [], []
+    for member_card, path in member_cards(card, card_path):
+        learners.append(_load_single(member_card, path, trust_pickle, dev))
+        temperatures.append(member_card.temperature)
+    model = EnsembleModule([learn.model for learn in learners], temperatures).to(dev)
+    config = card.train_config()
+    dls = learners[0].dls if trust_pickle else DataLoaders(device=dev)
+    return Learner(dls, model, loss_func=build_loss(config)), dls if trust_pickle else None
+
+
+def load_export(
+    path: Path | str,  # export: NAME.json, NAME.pth, NAME.pkl, or a folder holding one card
+    trust_pickle: bool = False,  # load the fastai pickles (run their code) instead of the weights
+    device: str = "auto",  # auto, cpu, cuda or cuda:N
+    precision: str = "auto",  # auto (the device rule), fp32 or bf16
+) -> ExportedModel:
+    """Load export `path` (a single model or an ensemble) after checking every file's sha256."""
+    card_path = card_path_of(path)
+    card = read_card(card_path)
+    dev = resolve_device(device)
+    plan = resolve_compute(dev, precision, training=False)
+    if isinstance(card, EnsembleCard):
+        learn, pickled_dls = _load_ensemble(card, card_path, trust_pickle, dev)
+    else:
+        learn = _load_single(card, card_path, trust_pickle, dev)
+        pickled_dls = learn.dls if trust_pickle else None
     learn.model.eval()
     if plan.channels_last:
         learn.model.to(memory_format=torch.channels_last)
-    pickled_dls = learn.dls if trust_pickle else None
-    return ExportedModel(card, card_path, config, learn, dev, plan, pickled_dls)
+    return ExportedModel(card, card_path, card.train_config(), learn, dev, plan, pickled_dls)

@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import AMPMode, MixedPrecision
 from fastai.callback.tracker import SaveModelCallback
 from fastcore.foundation import L
+from torch import nn
 from torch.amp import GradScaler, autocast
 
 
@@ -32,6 +34,75 @@ class SaveBestModel(SaveModelCallback):
     def after_fit(self, **kwargs) -> None:
         if self.best_epoch is not None:
             super().after_fit(**kwargs)
+
+
+class BestEpochPredictions(Callback):
+    """The validation logits and labels of the epoch `best` kept, gathered as metrics are.
+
+    The best epoch's own validation pass already predicted every validation image with the
+    weights that `best` restores at the end, so calibration and the threshold need no extra pass.
+    """
+
+    order = SaveBestModel.order + 1  # after `best` has decided whether this epoch is the best
+
+    def __init__(
+        self,
+        best: SaveBestModel,  # the callback that saves and restores the best epoch
+        pooled: nn.Module | None = None,  # also keep this module's outputs (OOD features)
+    ):
+        self.best, self.pooled = best, pooled
+        self.logits: torch.Tensor | None = None  # (n_valid, n_classes), fp32
+        self.targs: torch.Tensor | None = None  # (n_valid,)
+        self.features: torch.Tensor | None = None  # (n_valid, d) when `pooled` is given
+
+    def before_validate(self) -> None:
+        self.batch_preds: list[torch.Tensor] = []
+        self.batch_targs: list[torch.Tensor] = []
+        self.batch_feats: list[torch.Tensor] = []
+        if self.pooled is not None:
+            self.hook = self.pooled.register_forward_hook(self._keep_features)
+
+    def _keep_features(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self.batch_feats.append(self.learn.to_detach(output).float())
+
+    def after_validate(self) -> None:
+        if self.pooled is not None:
+            self.hook.remove()
+
+    def after_batch(self) -> None:
+        if not self.training:
+            self.batch_preds.append(self.learn.to_detach(self.pred).float())
+            self.batch_targs.append(self.learn.to_detach(self.yb[0]))
+
+    def after_epoch(self) -> None:
+        if self.best.new_best:
+            self.logits = torch.cat(self.batch_preds)
+            self.targs = torch.cat(self.batch_targs)
+            if self.batch_feats:
+                self.features = torch.cat(self.batch_feats)
+
+
+class ProgressiveResize(Callback):
+    """fastai's progressive resizing within one fit: early epochs train on smaller batches.
+
+    For the first `fraction` of the epochs every training batch is resized to `scale` of its
+    side (bilinear, antialiased) before the forward pass: about `scale`**2 of the compute, while
+    the network (average-pooled) learns coarse features first. Validation always runs full size.
+    """
+
+    order = 60  # after the batch transforms have run (they are the loader's)
+
+    def __init__(self, fraction: float, scale: float = 0.5):
+        self.fraction, self.scale = fraction, scale
+
+    def before_batch(self) -> None:
+        if self.training and self.epoch < round(self.n_epoch * self.fraction):
+            x = self.xb[0]
+            small = F.interpolate(
+                x.as_subclass(torch.Tensor), scale_factor=self.scale, mode="bilinear",
+                antialias=True, align_corners=False,
+            )  # fmt: skip
+            self.learn.xb = (type(x)(small), *self.xb[1:])
 
 
 class GracefulStop(Callback):

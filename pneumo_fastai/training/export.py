@@ -21,6 +21,8 @@ from ..card import CARD_SCHEMA_VERSION, ExportPaths, ModelCard, library_versions
 from ..config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, TrainConfig
 from ..data.block import uses_cache
 from ..data.layout import DatasetFiles, class_counts, fingerprint
+from ..data.names import label_fn
+from ..data.preprocess import preprocessing
 from ..device import ComputePlan
 from ..fileio import sha256_file, staged_files
 from ..model import describe
@@ -39,7 +41,7 @@ def build_card(
     balance: BalancedSamplingCallback | None,
     rows: Sequence[dict[str, float | None]],  # per-epoch losses and metrics
     figures: dict[str, Any],  # `validation_figures`
-    seconds: float,  # wall time of `fit`
+    phases: dict[str, float],  # wall seconds of each step so far (check, setup, fit)
     plan: ComputePlan,  # the precision and memory format that ran
     distributed: dict[str, Any],  # `DistributedRun.summary`
 ) -> dict[str, Any]:
@@ -51,9 +53,10 @@ def build_card(
     return {
         "schema_version": CARD_SCHEMA_VERSION,
         "kind": "single",
+        "task": config.task,
         "name": config.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "classes": list(CLASSES),
+        "classes": list(config.classes),
         "positive_class": CLASSES[1],
         "input": {
             "size": config.size,
@@ -61,6 +64,7 @@ def build_card(
             "channels": 3,
             "source": "8-bit grayscale copied to 3 channels",
             "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            "preprocessing": preprocessing(config).describe(),
         },
         "architecture": {
             "body": "resnet34",
@@ -76,8 +80,8 @@ def build_card(
             "valid_pct": config.valid_pct,
             "n_train": len(train_files),
             "n_valid": len(valid_files),
-            "train_counts": class_counts(train_files),
-            "valid_counts": class_counts(valid_files),
+            "train_counts": class_counts(train_files, config.classes, label_fn(config.task)),
+            "valid_counts": class_counts(valid_files, config.classes, label_fn(config.task)),
             "train_fingerprint": fingerprint(train_files, ds.root),
             "valid_fingerprint": fingerprint(valid_files, ds.root),
             "skipped_files": len(ds.skipped),
@@ -90,8 +94,9 @@ def build_card(
             "interrupted": stopper.stopped_at_epoch is not None,
             "interrupted_at_epoch": stopper.stopped_at_epoch,
             "balanced_first_epoch_fractions": balance.first_epoch_fractions if balance else None,
-            "seconds": round(seconds, 1),
-            "seconds_per_epoch": round(seconds / max(epochs_run, 1), 1),
+            "seconds": round(phases["fit"], 1),
+            "seconds_per_epoch": round(phases["fit"] / max(epochs_run, 1), 1),
+            "phases": phases,
             "precision": plan.precision,
             "channels_last": plan.channels_last,
             "compute_rule": plan.reason,
@@ -103,7 +108,9 @@ def build_card(
             "best_epoch": rows[best_epoch],
             "argmax": figures["argmax"],
             "at_threshold": figures["at_threshold"],
+            **({"subtype": figures["subtype"]} if "subtype" in figures else {}),
         },
+        "calibration": figures["calibration"],
         "decision_threshold": {
             "value": figures["threshold"],
             "target_sensitivity": config.target_sensitivity,
@@ -113,34 +120,29 @@ def build_card(
     }
 
 
-def write_valid_csv(path: Path, rows: Sequence[tuple[str, str, float]]) -> None:
-    """Validation predictions: relative file, label, P(PNEUMONIA) at full precision."""
+def write_valid_csv(path: Path, rows: Sequence[tuple]) -> None:
+    """Validation predictions: relative file, label, P(PNEUMONIA) at full precision[, OOD score]."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "label", "probability"])
-        writer.writerows((name, label, repr(p)) for name, label, p in rows)
+        header = ["file", "label", "probability", "ood_score"]
+        writer.writerow(header[: len(rows[0]) if rows else 3])
+        writer.writerows((name, label, *map(repr, values)) for name, label, *values in rows)
 
 
 def write_export(
     paths: ExportPaths,
     card: dict[str, Any],  # `build_card` fields, without the `files` section
-    write_pkl: Callable[[Path], None],  # writes the Learner pickle to the given path
-    write_weights: Callable[[Path], None],  # writes the state dict to the given path
-    history_src: Path,  # CSV history to copy beside the export
-    valid_rows: Sequence[tuple[str, str, float]],  # (relative file, label, P(PNEUMONIA))
+    writers: dict[str, Callable[[Path], None]],  # kind (pkl, weights, ...) -> writes that file
 ) -> ModelCard:
-    """Write pickle, weights, history, validation predictions and card atomically."""
-    finals = [paths.pkl, paths.weights, paths.history, paths.valid, paths.card]
-    with staged_files(paths.card.parent, finals) as (pkl, weights, history, valid, card_tmp):
-        write_pkl(pkl)
-        write_weights(weights)
-        history.write_bytes(history_src.read_bytes())
-        write_valid_csv(valid, valid_rows)
-        staged = {"pkl": pkl, "weights": weights, "history": history, "valid": valid}
-        finals_by_kind = dict(zip(staged, finals, strict=False))
+    """Write every file and then the card listing them with their sha256, all atomically."""
+    finals = [paths.of(kind) for kind in writers]
+    with staged_files(paths.card.parent, [*finals, paths.card]) as temps:
+        *staged, card_tmp = temps
+        for write, tmp in zip(writers.values(), staged, strict=True):
+            write(tmp)
         files = {
-            kind: {"name": finals_by_kind[kind].name, "sha256": sha256_file(tmp)}
-            for kind, tmp in staged.items()
+            kind: {"name": final.name, "sha256": sha256_file(tmp)}
+            for kind, final, tmp in zip(writers, finals, staged, strict=True)
         }
         written = parse_card({**card, "files": files}, "the new model card")
         card_tmp.write_text(written.to_json())

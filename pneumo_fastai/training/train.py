@@ -7,7 +7,8 @@ result = train(TrainConfig(data="../shared/data/chest_xray", epochs=3, pretraine
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,30 +18,49 @@ import numpy as np
 import torch
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback
+from fastai.callback.mixup import CutMix, MixUp
 from fastai.callback.progress import CSVLogger, ProgressCallback
 from fastai.callback.tracker import EarlyStoppingCallback
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
+from safetensors.torch import save_file
 
-from ..card import ExportPaths, ModelCard
+from ..card import ExportPaths, ModelCard, read_card
 from ..config import TrainConfig
 from ..data.block import build_dataloaders
 from ..data.layout import TRAIN_SPLITS, DatasetFiles, discover, relative_name
-from ..data.names import label_of
+from ..data.names import label_fn, subtype_of
 from ..data.split import limit_per_class
 from ..datatools.check import check_dataset
 from ..device import ComputePlan, resolve_compute, resolve_device
 from ..errors import DataError, PneumoError
-from ..evaluation.metrics import binary_metrics, choose_threshold, nan_to_none
+from ..evaluation.calibration import fit_temperature, nll, softmax
+from ..evaluation.metrics import (
+    binary_metrics,
+    choose_threshold,
+    expected_calibration_error,
+    multiclass_metrics,
+    nan_to_none,
+)
+from ..inference.features import features_and_logits, pooled_layers
 from ..model import build_learner
 from ..weights import imagenet_state_dict
-from .callbacks import DeviceMixedPrecision, GracefulStop, SaveBestModel, stop_on_signals
-from .export import build_card, write_export
+from .callbacks import (
+    BestEpochPredictions,
+    DeviceMixedPrecision,
+    GracefulStop,
+    ProgressiveResize,
+    SaveBestModel,
+    stop_on_signals,
+)
+from .export import build_card, write_export, write_valid_csv
+from .ood import FittedDetector, fit_detector
 from .ranks import is_main_process
 from .run import distributed_run, process_device
 from .sampling import BalancedSamplingCallback, class_weights, train_labels
 
 Log = Callable[[str], None]
+CALIBRATION_METHOD = "temperature scaling: NLL of the validation logits, softmax(logits / T)"
 
 
 @dataclass(frozen=True)
@@ -50,6 +70,33 @@ class TrainResult:
     paths: ExportPaths  # the export files
     card: ModelCard  # the model card as written
     learner: Learner  # the trained learner, best weights restored
+
+
+def recipe_callbacks(config: TrainConfig) -> list[Callback]:
+    """fastai's MixUp or CutMix and progressive resizing, as the config asks."""
+    cbs: list[Callback] = []
+    if config.mixup:
+        cbs.append(MixUp(config.mixup))
+    if config.cutmix:
+        cbs.append(CutMix(config.cutmix))
+    if config.progressive:
+        cbs.append(ProgressiveResize(config.progressive))
+    return cbs
+
+
+class Phases:
+    """Wall seconds of the named steps of a run, in the order they ran."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 2)
 
 
 def speed_callbacks(plan: ComputePlan) -> list[Callback]:
@@ -91,25 +138,59 @@ def training_files(config: TrainConfig, log: Log) -> tuple[DatasetFiles, list[Pa
         shown = ", ".join(p.name for p in ds.skipped[:5])
         log(f"Skipping {len(ds.skipped)} non-image file(s) in the class folders: {shown}")
     files = list(ds.files)
+    if config.task == "subtype":
+        unknown = [f for f in files if subtype_of(f) is None]
+        if unknown:
+            shown = ", ".join(f.name for f in unknown[:5])
+            log(
+                f"Leaving out {len(unknown)} PNEUMONIA file(s) whose name says neither bacteria "
+                f"nor virus (never guessed): {shown}"
+            )
+            files = [f for f in files if subtype_of(f) is not None]
     if config.limit is not None:
         files = limit_per_class(files, config.limit, config.seed)
     return ds, files
 
 
 def validation_figures(
-    learn: Learner,
+    logits: torch.Tensor,  # (n, n_classes) validation logits of the best epoch
+    targs: torch.Tensor,  # (n,) class indices; 0 is NORMAL
     target_sensitivity: float,
-    cbs: Sequence[Callback] = (),  # e.g. the distributed trainer: every rank predicts its share
 ) -> dict[str, Any]:
-    """Validation metrics at argmax and at the threshold chosen on the validation split."""
-    probs, targs = learn.get_preds(ds_idx=1, cbs=list(cbs))
-    y, p = targs.numpy().astype(int), probs[:, 1].numpy().astype(np.float64)
+    """Temperature scaling, then metrics at argmax and at the threshold chosen on validation.
+
+    The temperature is fitted on these validation logits; the threshold is chosen on the
+    calibrated P(PNEUMONIA) (every class but NORMAL), which is also what the export predicts.
+    With more than two classes, `subtype` holds the figures of the classes themselves.
+    """
+    labels, z = targs.numpy().astype(int), logits.numpy().astype(np.float64)
+    temperature = fit_temperature(z, labels)
+    probs = softmax(z, temperature)
+    y = (labels != 0).astype(int)
+    raw, p = 1 - softmax(z)[:, 0], 1 - probs[:, 0]
     threshold = choose_threshold(y, p, target_sensitivity)
+
+    def quality(pos: np.ndarray, t: float) -> dict[str, float]:
+        return {
+            "nll": nll(z, labels, t),
+            "ece": expected_calibration_error(y, pos),
+            "brier": float(np.mean((pos - y) ** 2)),
+        }
+
+    subtype = {} if z.shape[1] == 2 else {"subtype": nan_to_none(multiclass_metrics(labels, probs))}
     return {
+        **subtype,
         "threshold": float(threshold),
         "argmax": nan_to_none(binary_metrics(y, p, 0.5)),
         "at_threshold": nan_to_none(binary_metrics(y, p, threshold)),
         "probabilities": p.tolist(),
+        "calibration": {
+            "temperature": temperature,
+            "method": CALIBRATION_METHOD,
+            "n": len(y),
+            "before": quality(raw, 1.0),
+            "after": quality(p, temperature),
+        },
     }
 
 
@@ -146,45 +227,61 @@ def train(
     exports; every rank returns the same card. An interrupted run (first Ctrl-C or SIGTERM)
     still exports its best epoch, with `card.training.interrupted` set.
     """
+    if config.seeds or (config.folds and config.fold is None):
+        raise PneumoError(
+            "This config describes an ensemble (--folds or --seeds): use "
+            "pneumo_fastai.training.ensemble.train_ensemble, or `pneumo-fastai train`."
+        )
     set_seed(config.seed, reproducible=True)
     if not is_main_process():
         log = _silent
-    ds, files = training_files(config, log)
-    device = process_device(resolve_device(config.device))
-    plan = resolve_compute(device, config.precision, config.channels_last, training=True)
-    imagenet = imagenet_state_dict(config.weights) if config.pretrained else None
-    dls = build_dataloaders(files, config, device=device, progress=progress and is_main_process())
-    loss_weight = class_weights(train_labels(dls), dls.c) if config.class_weighted_loss else None
-    learn = build_learner(dls, config, imagenet, loss_weight)
-    log(
-        f"Training on {len(dls.train_ds)} images, validating on {len(dls.valid_ds)} "
-        f"({config.split} split, seed {config.seed}) on {device}, {plan.precision}"
-        f"{', channels-last' if plan.channels_last else ''} ({plan.reason})."
-    )
-
+    phases = Phases()
+    with phases("check"):
+        ds, files = training_files(config, log)
+    with phases("setup"):  # weights, loaders (and the cache fill), learner
+        device = process_device(resolve_device(config.device))
+        imagenet = imagenet_state_dict(config.weights) if config.pretrained else None
+        show = progress and is_main_process()
+        dls = build_dataloaders(files, config, device=device, progress=show)
+        weighted = config.class_weighted_loss
+        loss_weight = class_weights(train_labels(dls), dls.c) if weighted else None
+        learn = build_learner(dls, config, imagenet, loss_weight)
     if not progress or not is_main_process():
         learn.remove_cb(ProgressCallback)
     with distributed_run(config.exports, device, config.sync_bn) as run:
+        with phases("probe"):  # rank 0 decides, so that every process computes alike
+            main = (
+                resolve_compute(device, config.precision, config.channels_last)
+                if run.is_main
+                else None
+            )
+            plan = run.share(main)
+        log(
+            f"Training on {len(dls.train_ds)} images, validating on {len(dls.valid_ds)} "
+            f"({config.split} split, seed {config.seed}) on {device}, {plan.precision}"
+            f"{', channels-last' if plan.channels_last else ''} ({plan.reason})."
+        )
         work = run.work
         learn.path, learn.model_dir = work, "."
         best = SaveBestModel(monitor="valid_loss", fname="best")
+        kept = BestEpochPredictions(best, pooled_layers(learn.model)[0] if config.ood else None)
         stopper = GracefulStop()
         balance = BalancedSamplingCallback(seed=config.seed) if config.balanced else None
         cbs = [
             EarlyStoppingCallback(monitor="valid_loss", patience=config.patience),
             best,
+            kept,
             *([CSVLogger(fname=work / "history.csv")] if run.is_main else []),
             stopper,
             *([balance] if balance else []),
+            *recipe_callbacks(config),
             *speed_callbacks(plan),
             *run.callbacks,
             *cbs,
         ]
         lr = slice(config.lr / 10, config.lr) if config.pretrained else config.lr
-        start = time.perf_counter()
-        with stop_on_signals(stopper):
+        with phases("fit"), stop_on_signals(stopper):
             learn.fit_one_cycle(config.epochs, lr_max=lr, cbs=cbs)
-        seconds = time.perf_counter() - start
         learn.model.to(memory_format=torch.contiguous_format)
         if best.best_epoch is None:
             raise PneumoError("Training stopped before the first epoch finished; nothing exported.")
@@ -194,21 +291,36 @@ def train(
         learn.logger = print  # CSVLogger restores whatever logger a caller's callback set
 
         rows = epoch_rows(learn)
-        figures = validation_figures(learn, config.target_sensitivity, run.callbacks)
+        figures = validation_figures(kept.logits, kept.targs, config.target_sensitivity)
+        learn.loss_func.temperature = figures["calibration"]["temperature"]  # in the pickle too
+        detector = None
+        if config.ood:
+            with phases("ood"):
+                detector = ood_detector(learn, kept.features)
         card: ModelCard | None = None
         if run.is_main:
             fields = build_card(
-                config, ds, learn, best, stopper, balance, rows, figures, seconds, plan,
+                config, ds, learn, best, stopper, balance, rows, figures, phases.seconds, plan,
                 run.summary(config.bs),
             )  # fmt: skip
-            card = write_export(
-                paths,
-                fields,
-                write_pkl=lambda p: learn.export(p),
-                write_weights=lambda p: torch.save(learn.model.state_dict(), p),
-                history_src=work / "history.csv",
-                valid_rows=_valid_rows(learn, ds, figures["probabilities"]),
-            )
+            scores = [] if detector is None else [detector.valid_scores.tolist()]
+            writers = {
+                "pkl": learn.export,
+                "weights": lambda p: save_file(learn.model.state_dict(), p),
+                "history": lambda p: p.write_bytes((work / "history.csv").read_bytes()),
+                "valid": lambda p: write_valid_csv(
+                    p, _valid_rows(learn, ds, config.task, figures["probabilities"], *scores)
+                ),
+            }
+            if detector is not None:
+                fields["ood"] = detector.facts
+                writers["ood"] = detector.stats.save
+            card = write_export(paths, fields, writers)
+            if config.onnx:
+                from ..inference.onnx_export import export_onnx
+
+                export_onnx(paths.card)
+                card = read_card(paths.card)
         card = run.share(card)
     log(_summary(card))
     log(f"Exported {paths.pkl}, {paths.weights} and {paths.card}.")
@@ -220,9 +332,19 @@ def _silent(_: str) -> None:
 
 
 def _valid_rows(
-    learn: Learner, ds: DatasetFiles, probs: list[float]
-) -> list[tuple[str, str, float]]:
+    learn: Learner, ds: DatasetFiles, task: str, *columns: Sequence[float]
+) -> list[tuple]:
+    label = label_fn(task)
     return [
-        (relative_name(f, ds.root), label_of(f), p)
-        for f, p in zip(learn.dls.valid_ds.items, probs, strict=True)
+        (relative_name(f, ds.root), label(f), *values)
+        for f, *values in zip(learn.dls.valid_ds.items, *columns, strict=True)
     ]
+
+
+def ood_detector(learn: Learner, valid_features: torch.Tensor) -> FittedDetector:
+    """The OOD detector of the trained network: one pass over the training split's images."""
+    train_items = list(learn.dls.train_ds.items)
+    dl = learn.dls.test_dl(train_items, num_workers=learn.dls.train.fake_l.num_workers)
+    features, _ = features_and_logits(learn, dl)
+    labels = np.array(train_labels(learn.dls))
+    return fit_detector(features[0], labels, valid_features.numpy())

@@ -71,7 +71,7 @@ def test_cli_trains_and_exports(real_subset, tmp_path):
         "--bs", "8", "--num-workers", "0", "--exports", str(tmp_path), "--name", "cli",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert {p.name for p in tmp_path.iterdir()} >= {"cli.pkl", "cli.pth", "cli.json"}
+    assert {p.name for p in tmp_path.iterdir()} >= {"cli.pkl", "cli.safetensors", "cli.json"}
     assert "best epoch" in result.stdout
 
 
@@ -139,3 +139,17 @@ def test_an_interrupted_run_exits_130_after_exporting(dataset, monkeypatch, inte
     )
     assert result.exit_code == code
     assert seen["config"].size == 64 and not seen["config"].pretrained
+
+
+def test_a_command_whose_extra_is_missing_names_the_extra(dataset, tmp_path):
+    import os
+
+    shadow = tmp_path / "shadow" / "torch"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+    result = _run_cli("train", "--data", str(dataset), "--no-pretrained", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "pneumo-fastai[torch]" in result.stderr

@@ -8,7 +8,13 @@ import pytest
 
 from pneumo_fastai.data.layout import discover
 from pneumo_fastai.data.names import label_of, patient_id
-from pneumo_fastai.data.split import SeededSplitter, image_split, limit_per_class, patient_split
+from pneumo_fastai.data.split import (
+    SeededSplitter,
+    image_split,
+    limit_per_class,
+    patient_folds,
+    patient_split,
+)
 
 from ..conftest import make_dataset, require_shared_data
 
@@ -73,3 +79,30 @@ def test_real_data_patient_split_is_disjoint_and_near_70_30():
         n_cls = sum(label_of(f) == cls for f in files)
         n_valid = sum(label_of(files[i]) == cls for i in valid)
         assert abs(n_valid / n_cls - 0.3) < 0.01
+
+
+def test_patient_folds_are_disjoint_stratified_and_cover_every_image_once(tmp_path):
+    files = list(discover(make_dataset(tmp_path / "d", 40, 80)).files)
+    labels, groups = [label_of(f) for f in files], [patient_id(f) for f in files]
+    folds = patient_folds(labels, groups, 5, seed=3)
+    assert sorted(i for f in folds for i in f) == list(range(len(files)))
+    patients = [{groups[i] for i in f} for f in folds]
+    assert all(not a & b for j, a in enumerate(patients) for b in patients[j + 1 :])
+    for f in folds:
+        per_class = Counter(labels[i] for i in f)
+        assert 6 <= per_class["NORMAL"] <= 10 and 14 <= per_class["PNEUMONIA"] <= 18
+    assert folds == patient_folds(labels, groups, 5, seed=3)
+    assert folds != patient_folds(labels, groups, 5, seed=4)
+
+
+def test_the_splitter_validates_on_one_fold(tmp_path):
+    files = list(discover(make_dataset(tmp_path / "d", 40, 80)).files)
+    valid = [SeededSplitter(seed=1, folds=4, fold=k)(files)[1] for k in range(4)]
+    assert sorted(i for v in valid for i in v) == list(range(len(files)))
+    train, v0 = SeededSplitter(seed=1, folds=4, fold=0)(files)
+    assert not set(train) & set(v0) and len(train) + len(v0) == len(files)
+
+
+def test_patient_folds_refuse_too_few_patients():
+    with pytest.raises(ValueError, match="cannot fill"):
+        patient_folds(["NORMAL", "PNEUMONIA"], ["a", "b"], 3, seed=0)

@@ -230,11 +230,13 @@ def flip_one_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize(("suffix", "trust_pickle"), [(".pth", False), (".pkl", True)])
+@pytest.mark.parametrize(("suffix", "trust_pickle"), [(".safetensors", False), (".pkl", True)])
 def test_a_modified_model_file_is_refused(
     export: Path, tmp_path: Path, suffix: str, trust_pickle: bool
 ) -> None:
     card = shutil.copy(export, tmp_path / export.name)
+    ood = export.with_name(f"{export.stem}.ood.safetensors")
+    shutil.copy(ood, tmp_path / ood.name)  # the OOD check's statistics, checked too
     target = Path(shutil.copy(export.with_suffix(suffix), tmp_path / f"{export.stem}{suffix}"))
     load_model(card, trust_pickle=trust_pickle, device="cpu")  # the intact copy loads
     flip_one_byte(target)

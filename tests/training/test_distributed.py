@@ -28,6 +28,7 @@ from fastai.data.core import TfmdDL
 from fastai.learner import AvgMetric
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import AccumMetric, accuracy
+from safetensors.torch import load_file
 from torch import nn
 from typer.testing import CliRunner
 
@@ -268,7 +269,10 @@ def two_rank_run(tmp_path_factory):
 @pytest.mark.slow
 def test_two_processes_write_exactly_one_export_and_log_once(two_rank_run):
     names = sorted(p.name for p in two_rank_run.exports.iterdir())
-    assert names == ["ddp.history.csv", "ddp.json", "ddp.pkl", "ddp.pth", "ddp.valid.csv"]
+    assert names == [
+        "ddp.history.csv", "ddp.json", "ddp.ood.safetensors", "ddp.pkl", "ddp.safetensors",
+        "ddp.valid.csv",
+    ]  # fmt: skip
     out = two_rank_run.result.stdout
     assert out.count("Exported ") == 1 and out.count("Training on ") == 1
     card = json.loads((two_rank_run.exports / "ddp.json").read_text())
@@ -286,7 +290,7 @@ def test_ranks_end_with_identical_unwrapped_weights_equal_to_the_export(two_rank
     assert a["checksum"] == b["checksum"]
     assert a["module_keys"] == [] and "SyncBatchNorm" not in a["model_types"]
     assert a["train_type"] == b["train_type"] == "TfmdDL", "the plain train loader is back"
-    exported = torch.load(two_rank_run.exports / "ddp.pth", weights_only=True)
+    exported = load_file(two_rank_run.exports / "ddp.safetensors")
     assert state_checksum(exported) == a["checksum"]
 
 

@@ -1,0 +1,184 @@
+"""A shift proxy: an export on a held-out folder under fixed, seeded corruptions.
+
+    python bench/robustness.py exports/pneumo_resnet34.json --test /path/holdout/chest_xray/test
+    python bench/robustness.py a.json b.json --test ... --json out.json   # several, side by side
+
+We do not have the official test split (nor other hospitals' X-rays) and must not tune on them.
+What we can do is ask how a model holds up when the images change the way they change between
+sites and devices: contrast and gamma, blur, noise, JPEG re-compression, a lower resolution, a
+tighter field of view (the border, where markers and collimation edges sit, cropped away), and a
+higher share of NORMAL cases (37.5 %, as in Kermany's official test split, against 25.7 % in
+train). Each corruption is applied to every decoded image (numpy/PIL, seeded per image), the
+export predicts the corrupted set, and the table gives ROC AUC, accuracy at the card's decision
+threshold, sensitivity and specificity per corruption and their mean over the corruptions (the
+clean row is not in the mean). A recipe whose mean holds up is what we want; in-distribution
+accuracy alone is not the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from benchlib import machine_line, print_table
+from PIL import Image, ImageFilter
+from sklearn.metrics import roc_auc_score
+
+from pneumo_fastai import load_model
+from pneumo_fastai.data.images import load_xray
+from pneumo_fastai.data.layout import list_split
+from pneumo_fastai.data.names import label_of, patient_id
+
+NORMAL_SHARE = 0.375  # Kermany's official test split: 234 NORMAL of 624
+Corruption = Callable[[Image.Image, np.random.Generator], Image.Image]
+
+
+def _levels(img: Image.Image, fn: Callable[[np.ndarray], np.ndarray]) -> Image.Image:
+    x = np.asarray(img, dtype=np.float32) / 255.0
+    return Image.fromarray((np.clip(fn(x), 0, 1) * 255 + 0.5).astype(np.uint8))
+
+
+def _contrast(factor: float) -> Corruption:
+    return lambda img, rng: _levels(img, lambda x: x.mean() + factor * (x - x.mean()))
+
+
+def _gamma(gamma: float) -> Corruption:
+    return lambda img, rng: _levels(img, lambda x: x**gamma)
+
+
+def _noise(sigma: float) -> Corruption:
+    return lambda img, rng: _levels(img, lambda x: x + rng.normal(0, sigma, x.shape))
+
+
+def _blur(fraction: float) -> Corruption:
+    return lambda img, rng: img.filter(ImageFilter.GaussianBlur(fraction * min(img.size)))
+
+
+def _jpeg(quality: int) -> Corruption:
+    def apply(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+        buffer = io.BytesIO()
+        img.save(buffer, format="JPEG", quality=quality)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("L")
+
+    return apply
+
+
+def _downscale(factor: float) -> Corruption:
+    def apply(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+        small = (max(8, round(img.width * factor)), max(8, round(img.height * factor)))
+        return img.resize(small, Image.BILINEAR).resize(img.size, Image.BILINEAR)
+
+    return apply
+
+
+def _border_crop(fraction: float) -> Corruption:
+    def apply(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+        dx, dy = round(img.width * fraction), round(img.height * fraction)
+        return img.crop((dx, dy, img.width - dx, img.height - dy)).resize(img.size, Image.BILINEAR)
+
+    return apply
+
+
+CORRUPTIONS: dict[str, Corruption] = {
+    "contrast x0.6": _contrast(0.6),
+    "contrast x1.4": _contrast(1.4),
+    "gamma 1.5 (darker)": _gamma(1.5),
+    "gamma 0.67 (brighter)": _gamma(0.67),
+    "blur (sigma 0.7% of side)": _blur(0.007),
+    "noise (sigma 0.05)": _noise(0.05),
+    "JPEG quality 15": _jpeg(15),
+    "downscale x0.35 and back": _downscale(0.35),
+    "border crop 8% a side": _border_crop(0.08),
+}
+
+
+def normal_share_subset(
+    labels: np.ndarray, groups: list[str], share: float, seed: int
+) -> list[int]:
+    """Indices keeping every NORMAL image and whole PNEUMONIA patients until NORMAL is `share`."""
+    rng = np.random.default_rng(seed)
+    n_normal = int((labels == 0).sum())
+    wanted = round(n_normal * (1 - share) / share)
+    pneumonia_patients = sorted({groups[i] for i in np.flatnonzero(labels == 1)})
+    kept, n = set(), 0
+    for g in rng.permutation(pneumonia_patients):
+        if n >= wanted:
+            break
+        members = [i for i in np.flatnonzero(labels == 1) if groups[i] == g]
+        kept.add(g)
+        n += len(members)
+    return [i for i in range(len(labels)) if labels[i] == 0 or groups[i] in kept]
+
+
+def figures(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    """ROC AUC and the decision's accuracy, sensitivity and specificity."""
+    pred = p >= threshold
+    return {
+        "auc": float(roc_auc_score(y, p)),
+        "accuracy": float((pred == y).mean()),
+        "sensitivity": float(pred[y == 1].mean()),
+        "specificity": float((~pred[y == 0]).mean()),
+    }
+
+
+def score(card: Path, images: list[Image.Image], y: np.ndarray, subset: list[int], seed: int,
+          bs: int, precision: str) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Figures of one export on the clean set, each corruption, and the NORMAL-share subset."""
+    model = load_model(card, precision=precision)
+
+    def probs(imgs: list[Image.Image]) -> np.ndarray:
+        return np.array([p.probability for p in model.predict_batch(imgs, bs=bs)])
+
+    t = model.threshold
+    clean = probs(images)
+    out = {"clean": figures(y, clean, t)}
+    for k, (name, corrupt) in enumerate(CORRUPTIONS.items()):
+        rngs = [np.random.default_rng([seed, k, i]) for i in range(len(images))]
+        corrupted = [corrupt(img, rng) for img, rng in zip(images, rngs, strict=True)]
+        out[name] = figures(y, probs(corrupted), t)
+    out[f"NORMAL share {NORMAL_SHARE:.1%}"] = figures(y[subset], clean[subset], t)
+    shifted = [name for name in out if name != "clean"]
+    out["mean of the shifts"] = {
+        key: float(np.mean([out[name][key] for name in shifted])) for key in out["clean"]
+    }
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", type=Path, nargs="+", help="export cards (.json)")
+    p.add_argument("--test", type=Path, required=True, help="folder with NORMAL/ and PNEUMONIA/")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bs", type=int, default=64)
+    p.add_argument("--precision", default="fp32", help="inference precision (fp32: exact)")
+    p.add_argument("--json", type=Path, help="also write every figure here")
+    args = p.parse_args()
+    print(machine_line())
+    files = list_split(args.test).all_images()
+    y = np.array([int(label_of(f) == "PNEUMONIA") for f in files])
+    images = [load_xray(f) for f in files]
+    subset = normal_share_subset(y, [patient_id(f) for f in files], NORMAL_SHARE, args.seed)
+    print(
+        f"{len(files)} images ({int((y == 0).sum())} NORMAL) from {args.test}; NORMAL-share "
+        f"subset: {len(subset)} images; seed {args.seed}"
+    )
+    results = {
+        str(m): score(m, images, y, subset, args.seed, args.bs, args.precision) for m in args.models
+    }
+    for model, out in results.items():
+        print(f"\n{model}")
+        rows = [
+            [name, *(f"{f[k]:.3f}" for k in ("auc", "accuracy", "sensitivity", "specificity"))]
+            for name, f in out.items()
+        ]
+        print_table(["set", "ROC AUC", "accuracy @thr", "sensitivity", "specificity"], rows)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Training-time augmentation of X-ray batches: fastai's spatial and lighting transforms, plus the
+intensity changes fastai lacks (gamma, blur or sharpen, noise), then ImageNet normalisation.
+
+Everything here runs on the training split only (`split_idx = 0`) except `Normalize`, and on the
+whole batch at once, on the loader's device. Each option is a `TrainConfig` field, off unless
+measured to help (see bench/RESULTS.md):
+
+- `max_rotate`, `min_zoom`/`max_zoom` (fastai's zoom also moves the centre, so the border and the
+  side marker do not sit in one place), `max_warp`, `max_lighting`, `flip` (horizontal only);
+- `gamma`: gamma drawn log-uniformly in [1/(1+g), 1+g] (exposure curves differ between devices);
+- `blur`: probability of a blur or a sharpening of random strength (detector and processing);
+- `noise`: largest standard deviation of gaussian noise, on the 0..1 scale (quantum noise).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from fastai.data.transforms import Normalize
+from fastai.torch_core import TensorImage
+from fastai.vision.augment import RandTransform, aug_transforms
+
+from ..config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig
+
+P_INTENSITY = 0.75  # share of images that get each intensity change, as fastai's p_lighting
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable gaussian blur of an (n, c, h, w) batch, reflect-padded."""
+    radius = max(1, math.ceil(2 * sigma))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+class RandomIntensity(RandTransform):
+    """Per-image gamma, blur or sharpen, and gaussian noise of a float batch in 0..1."""
+
+    order = 45  # after fastai's affine (30) and lighting (40), before Normalize (99)
+    split_idx = 0  # training only
+
+    def __init__(
+        self,
+        gamma: float = 0.0,  # gamma in [1/(1+gamma), 1+gamma], log-uniform; 0: off
+        blur: float = 0.0,  # probability of a blur or sharpen; 0: off
+        noise: float = 0.0,  # largest noise standard deviation; 0: off
+        p: float = P_INTENSITY,  # probability of gamma and of noise per image
+    ):
+        super().__init__(p=1.0)
+        self.gamma, self.blur, self.noise, self.p_each = gamma, blur, noise, p
+
+    def _chosen(self, n: int, p: float, device: torch.device) -> torch.Tensor:
+        return (torch.rand(n, device=device) < p).float().view(n, 1, 1, 1)
+
+    def encodes(self, x: TensorImage) -> TensorImage:
+        out = x.as_subclass(torch.Tensor).clamp(0, 1)
+        n, dev = out.shape[0], out.device
+        if self.gamma:
+            span = math.log1p(self.gamma)
+            log_g = (torch.rand(n, device=dev) * 2 - 1).view(n, 1, 1, 1) * span
+            out = out.clamp_min(1e-6) ** torch.exp(log_g * self._chosen(n, self.p_each, dev))
+        if self.blur:
+            sigma = 0.4 + 0.8 * float(torch.rand(()))  # one kernel a batch, in pixels
+            alpha = (torch.rand(n, device=dev) * 2 - 1).view(n, 1, 1, 1)  # >0 blur, <0 sharpen
+            out = out + alpha * self._chosen(n, self.blur, dev) * (_gaussian_blur(out, sigma) - out)
+        if self.noise:
+            sigma = torch.rand(n, device=dev).view(n, 1, 1, 1) * self.noise
+            grain = torch.randn(n, 1, *out.shape[2:], device=dev)  # the same in every channel
+            out = out + grain * sigma * self._chosen(n, self.p_each, dev)
+        return TensorImage(out.clamp(0, 1))
+
+
+def batch_transforms(config: TrainConfig) -> list:
+    """Train-time augmentation for X-rays (no vertical flip) then ImageNet normalisation."""
+    augs = aug_transforms(
+        do_flip=config.flip,
+        flip_vert=False,
+        max_rotate=config.max_rotate,
+        min_zoom=config.min_zoom,
+        max_zoom=config.max_zoom,
+        max_lighting=config.max_lighting,
+        max_warp=config.max_warp,
+        p_affine=0.75,
+        p_lighting=0.75,
+    )
+    if config.gamma or config.blur or config.noise:
+        augs.append(RandomIntensity(config.gamma, config.blur, config.noise))
+    return [*augs, Normalize.from_stats(IMAGENET_MEAN, IMAGENET_STD)]
