@@ -275,14 +275,14 @@ def library_versions() -> dict[str, str]:
 
 
 def card_path_of(path: Path | str) -> Path:
-    """The card of an export given as its .json, .pkl or .pth, or a folder holding one card."""
+    """The card of an export given as its .json, .pkl or .safetensors, or its folder."""
     path = Path(path)
     if path.is_dir():
         cards = sorted(path.glob("*.json"))
         if len(cards) != 1:
             raise ModelFileError(
                 f"{path} is a folder with {len(cards)} model cards; "
-                "pass one export's .json, .pkl or .pth."
+                "pass one export's .json, .pkl or .safetensors."
             )
         return cards[0]
     for suffix in (".ood.safetensors", ".history.csv", ".valid.csv"):
@@ -328,12 +328,12 @@ def parse_card(data: Any, source: Path | str = "model card") -> Card:
 
 
 def read_card(path: Path | str) -> Card:
-    """Load and validate the card of export `path` (its .json, .pkl, .pth, or folder)."""
+    """Load and validate the card of export `path` (its .json, .pkl, .safetensors or folder)."""
     card_path = card_path_of(path)
     if not card_path.is_file():
         raise ModelFileError(
             f"Model card {card_path} not found. Pass an export from `pneumo-fastai train` "
-            "(NAME.pkl, NAME.pth and NAME.json side by side)."
+            "(NAME.pkl, NAME.safetensors and NAME.json side by side)."
         )
     try:
         data = json.loads(card_path.read_text())

@@ -23,8 +23,8 @@ from ..config import TrainConfig
 ModelArg = Annotated[
     Path,
     typer.Argument(
-        help="The export to use: NAME.json (its model card), NAME.pth or NAME.pkl; the files sit "
-        "side by side."
+        help="The export to use: NAME.json (its model card), NAME.safetensors or NAME.pkl; "
+        "the files sit side by side."
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
@@ -50,8 +50,8 @@ PickleOpt = Annotated[
     bool,
     typer.Option(
         help="Load the fastai pickle (NAME.pkl), which runs code stored in the file (only for "
-        "files you trust), instead of the weights-only NAME.pth. Both are checked against the "
-        "card's sha256 first."
+        "files you trust), instead of the weights-only NAME.safetensors. Both are checked "
+        "against the card's sha256 first."
     ),
 ]
 BsOpt = Annotated[int, typer.Option(min=1, help="Batch size for inference.")]

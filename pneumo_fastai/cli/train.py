@@ -54,7 +54,7 @@ _EXTRA = [
 
 
 def _train(**options: Any) -> None:
-    """Train ResNet34 on the X-ray folder and export NAME.pkl, NAME.pth and NAME.json.
+    """Train ResNet34 on the X-ray folder and export NAME.pkl, NAME.safetensors and NAME.json.
 
     With --folds K or --seeds N, an ensemble: its members in NAME.members/, its card NAME.json.
 

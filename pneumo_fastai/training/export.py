@@ -1,10 +1,10 @@
 """The export of a finished run: the model card built from it, and its files written atomically.
 
-Files: NAME.pkl (fastai Learner), NAME.pth (weights only), NAME.history.csv (fastai's CSVLogger),
-NAME.valid.csv (validation predictions) and NAME.json, the card (see `card.py`) listing the others
-with their sha256. Every file is first written under a temporary name in the export folder and
-renamed into place only when all of them are complete, so a failed or interrupted run never
-replaces a good export.
+Files: NAME.pkl (fastai Learner), NAME.safetensors (weights only), NAME.history.csv (fastai's
+CSVLogger), NAME.valid.csv (validation predictions) and NAME.json, the card (see `card.py`)
+listing the others with their sha256. Every file is first written under a temporary name in the
+export folder and renamed into place only when all of them are complete, so a failed or
+interrupted run never replaces a good export.
 """
 
 from __future__ import annotations
