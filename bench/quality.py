@@ -31,13 +31,20 @@ from pneumo_fastai.data.images import load_xray
 from pneumo_fastai.data.layout import list_split
 from pneumo_fastai.data.names import label_of, patient_id
 
-# What each candidate changes from today's defaults (TrainConfig field -> value).
+# Each candidate's TrainConfig field values, spelled out in full so that a candidate means the
+# same whatever today's defaults are. "baseline" is the recipe of pneumo-fastai 0.1.0;
+# "intensity" won the 2026-12-01 screening and is today's default.
+BASELINE = {
+    "max_rotate": 10.0, "min_zoom": 1.0, "max_zoom": 1.1, "max_warp": 0.0, "crop_margin": 0.0,
+    "max_lighting": 0.2, "gamma": 0.0, "blur": 0.0, "noise": 0.0,
+    "mixup": 0.0, "progressive": 0.0, "equalize": "none",
+}  # fmt: skip
 SPATIAL = {"max_rotate": 15.0, "min_zoom": 0.9, "max_zoom": 1.25, "max_warp": 0.1}
 INTENSITY = {"max_lighting": 0.3, "gamma": 0.4, "blur": 0.3, "noise": 0.03}
-STRONG = {**SPATIAL, "crop_margin": 0.06, **INTENSITY}
+STRONG = {**BASELINE, **SPATIAL, "crop_margin": 0.06, **INTENSITY}
 CANDIDATES: dict[str, dict[str, Any]] = {
-    "baseline": {},
-    "spatial+margin": {**SPATIAL, "crop_margin": 0.06},
+    "baseline": BASELINE,
+    "spatial+margin": {**BASELINE, **SPATIAL, "crop_margin": 0.06},
     "intensity": STRONG,
     "intensity+clahe": {**STRONG, "equalize": "clahe"},
     "intensity+mixup": {**STRONG, "mixup": 0.4},

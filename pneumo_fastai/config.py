@@ -65,17 +65,18 @@ class TrainConfig:
     # Local torchvision ResNet34 ImageNet weights file (for offline machines).
     weights: Path | None = None
     flip: bool = False  # Random horizontal flips (never vertical).
-    max_rotate: float = 10.0  # Largest random rotation, in degrees.
+    # The augmentation and margin defaults are the recipe bench/quality.py chose (RESULTS.md).
+    max_rotate: float = 15.0  # Largest random rotation, in degrees.
     # Smallest random zoom factor: below 1 the image shrinks inside a mirrored border.
-    min_zoom: float = 1.0
+    min_zoom: float = 0.9
     # Largest random zoom factor; fastai's zoom also moves the centre, shifting border and marker.
-    max_zoom: float = 1.1
-    max_warp: float = 0.0  # Strength of random perspective warps (0: none).
-    max_lighting: float = 0.2  # Strength of random brightness and contrast changes.
+    max_zoom: float = 1.25
+    max_warp: float = 0.1  # Strength of random perspective warps (0: none).
+    max_lighting: float = 0.3  # Strength of random brightness and contrast changes.
     # Random gamma in [1/(1+g), 1+g], log-uniform, on 3 in 4 images (0: off).
-    gamma: float = 0.0
-    blur: float = 0.0  # Probability of a random blur or sharpening (0: off).
-    noise: float = 0.0  # Largest standard deviation of random gaussian noise, 0..1 scale (0: off).
+    gamma: float = 0.4
+    blur: float = 0.3  # Probability of a random blur or sharpening (0: off).
+    noise: float = 0.03  # Largest standard deviation of random gaussian noise, 0..1 scale (0: off).
     # fastai's MixUp: blend pairs of images and labels, Beta(alpha, alpha) weights (0: off).
     mixup: float = 0.0
     # fastai's CutMix: paste a patch of another image, Beta(alpha, alpha) sized (0: off).
@@ -85,7 +86,7 @@ class TrainConfig:
     progressive: float = 0.0
     # Preprocessing (recorded in the card, applied by every engine): fraction of width and
     # height cut off each side before resizing, where side markers and collimation edges sit.
-    crop_margin: float = 0.0
+    crop_margin: float = 0.06
     # Preprocessing: none, hist (global histogram equalisation) or clahe (adaptive, 8x8 tiles).
     equalize: Equalize = "none"
     hidden: int = 256  # Width of the head's hidden layer.

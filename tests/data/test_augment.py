@@ -24,8 +24,16 @@ def files(tmp_path_factory):
     return discover(make_dataset(tmp_path_factory.mktemp("aug") / "d", 24, 24)).files
 
 
+# Every augmentation and preprocessing step off, so that each test turns on only its own.
+PLAIN = dict(
+    max_rotate=0.0, min_zoom=1.0, max_zoom=1.0, max_warp=0.0, max_lighting=0.0, gamma=0.0,
+    blur=0.0, noise=0.0, crop_margin=0.0,
+)  # fmt: skip
+
+
 def _config(**kw) -> TrainConfig:
-    return TrainConfig(size=32, bs=8, num_workers=0, cache=False, pretrained=False, **kw)
+    options = {**PLAIN, **kw}
+    return TrainConfig(size=32, bs=8, num_workers=0, cache=False, pretrained=False, **options)
 
 
 def train_batch(files, config: TrainConfig) -> torch.Tensor:
