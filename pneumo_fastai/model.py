@@ -142,7 +142,9 @@ def learner_metrics(n_classes: int = 2) -> list:
                 _roc_auc, name="roc_auc", activation=ActivationType.BinarySoftmax, **argmax
             ),
         ]
-    softmax = dict(activation=ActivationType.Softmax, to_np=True, invert_arg=True, flatten=False)
+    softmax = dict(
+        activation=ActivationType.Softmax, dim_argmax=-1, to_np=True, invert_arg=True, flatten=False
+    )
     return [
         accuracy,
         AccumMetric(_balanced_accuracy, name="balanced_accuracy", **argmax),

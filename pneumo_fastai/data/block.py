@@ -111,7 +111,7 @@ def xray_datablock(
     return DataBlock(
         blocks=(
             xray_block(config.size, cache, preprocessing(config)),
-            CategoryBlock(vocab=list(config.classes)),
+            CategoryBlock(vocab=list(config.classes), sort=False),
         ),
         get_y=label_fn(config.task),
         splitter=SeededSplitter(

@@ -54,7 +54,7 @@ def inference_datablock(config: TrainConfig, labelled: bool) -> DataBlock:
     """Files -> (image[, label]) with training's transforms (augmentation runs only in `tta`)."""
     blocks = (xray_block(draft=config.size, prep=preprocessing(config)),)
     if labelled:
-        blocks = (*blocks, CategoryBlock(vocab=list(config.classes)))
+        blocks = (*blocks, CategoryBlock(vocab=list(config.classes), sort=False))
     return DataBlock(
         blocks=blocks,
         get_y=label_fn(config.task) if labelled else None,

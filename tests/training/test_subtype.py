@@ -180,3 +180,17 @@ def test_the_onnx_engine_gives_the_three_probabilities_too(subtype_export, tmp_p
 
 def _some_files() -> list[Path]:
     return sorted((SHARED_DATA / "train" / "PNEUMONIA").iterdir())[300:304]
+
+
+@pytest.mark.parametrize("task", ["binary", "subtype"])
+def test_the_vocab_keeps_the_configured_class_order(task):
+    """Column i of every prediction is config.classes[i]: fastai must not sort the vocab (sorted,
+    the subtype classes would read BACTERIA, NORMAL, VIRUS, and P(PNEUMONIA) would sum the wrong
+    columns)."""
+    from pneumo_fastai.data.block import xray_datablock
+    from pneumo_fastai.inference.loading import inference_datablock
+
+    config = TrainConfig(task=task, size=32)
+    training_vocab = xray_datablock(config).type_tfms[1][0].vocab
+    inference_vocab = inference_datablock(config, labelled=True).type_tfms[1][0].vocab
+    assert list(training_vocab) == list(inference_vocab) == list(config.classes)
