@@ -146,6 +146,22 @@ def headline_tables(ev: Evaluation) -> list[Table]:
     return tables
 
 
+def ood_line(ood: dict) -> str:
+    """One sentence: how many test images were flagged, and the decision's figures without."""
+    line = f"OOD check: {ood['flagged']} of {ood['n_images']} test images flagged."
+    kept = ood["without_flagged"]
+    if kept is not None:
+        m = kept["metrics"]
+        figures = ", ".join(
+            f"{name} {m[key]['value']:.3f}"
+            for name, key in (("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
+                              ("specificity", "specificity"), ("ROC AUC", "roc_auc"))
+            if m[key]["value"] is not None
+        )  # fmt: skip
+        line += f" Without them ({kept['n_samples']} images): {figures}."
+    return line
+
+
 def print_evaluation(
     ev: Evaluation, files: ReportFiles | None = None, console: Console | None = None
 ) -> None:
@@ -163,6 +179,8 @@ def print_evaluation(
         console.print(table)
     if len(ev.run.points) > 2:
         console.print("Figures at every threshold are in metrics.json and the report.")
+    if ev.ood is not None:
+        console.print(ood_line(ev.ood), markup=False)
     for s in ts.skipped[:_SHOWN]:
         console.print(f"  left out {ts.relative(s.path)}: {s.reason}", markup=False)
     if len(ts.skipped) > _SHOWN:

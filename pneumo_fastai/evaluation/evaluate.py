@@ -119,6 +119,7 @@ class EvalRun:
     probabilities: dict[str, np.ndarray]  # "plain" and, with TTA, "tta": P(PNEUMONIA) per file
     points: tuple[OperatingPoint, ...]  # argmax, card[, target]; the last is the decision
     class_probs: np.ndarray | None = None  # (n, n_classes), plain, for 3-class models
+    ood: np.ndarray | None = None  # per file, flagged as unlike the training X-rays; None: no check
 
     @property
     def name(self) -> str:
@@ -152,6 +153,7 @@ class Evaluation:
     n_boot: int  # bootstrap resamples per interval
     seed: int  # bootstrap (and TTA augmentation) seed
     subtype: dict[str, Any] | None = None  # `metrics.multiclass_summary`, for 3-class models
+    ood: dict[str, Any] | None = None  # `ood_figures`; None for exports without the OOD check
 
 
 def load_test_set(folder: Path | str, progress: bool = False) -> EvalSet:
@@ -306,12 +308,14 @@ def run_test_set(
         if per_class and per_class[0] is not None
         else None
     )
+    flags = [p.ood for p in preds if p.ok]
+    ood = None if any(f is None for f in flags) else np.array(flags, dtype=bool)
     if tta:
         set_seed(seed)
         tta_preds = _predict_all(classifier, test_set.files, bs, tta=True, progress=progress)
         probabilities["tta"] = np.array([p.probability for p in tta_preds], dtype=np.float64)
     dl = exported.dataloader(test_set.files, labelled=True, bs=bs, num_workers=num_workers)
-    return EvalRun(exported, test_set, dl, probabilities, points, class_probs)
+    return EvalRun(exported, test_set, dl, probabilities, points, class_probs, ood)
 
 
 def report_text(y: np.ndarray, p: np.ndarray, threshold: float) -> str:
@@ -375,7 +379,33 @@ def evaluate(
             run.class_labels, run.class_probs, run.exported.card.classes,
             run.test_set.patients(), n_boot, seed,
         )  # fmt: skip
-    return Evaluation(run, summaries, reports, n_boot, seed, subtype)
+    return Evaluation(
+        run, summaries, reports, n_boot, seed, subtype, ood_figures(run, n_boot, seed)
+    )
+
+
+def ood_figures(run: EvalRun, n_boot: int = 1000, seed: int = 0) -> dict[str, Any] | None:
+    """How many test images the OOD check flagged, and the decision's figures without them.
+
+    `without_flagged` is the plain pass at the decision threshold on the unflagged images, or
+    None when nothing was flagged (the figures are the headline ones) or a class has no image
+    left. None altogether for an export without the check.
+    """
+    if run.ood is None:
+        return None
+    keep = ~run.ood
+    y, p = run.y[keep], run.probabilities["plain"][keep]
+    patients = [g for g, k in zip(run.test_set.patients(), keep, strict=True) if k]
+    usable = bool(run.ood.any()) and len(set(y.tolist())) == 2
+    return {
+        "n_images": len(run.ood),
+        "flagged": int(run.ood.sum()),
+        "flagged_by_class": {cls: int(run.ood[run.y == i].sum()) for i, cls in enumerate(CLASSES)},
+        "threshold": run.decision.name,
+        "without_flagged": (
+            summarize(y, p, run.decision.threshold, patients, n_boot, seed) if usable else None
+        ),
+    }
 
 
 def model_facts(exported: ExportedModel) -> dict[str, Any]:

@@ -169,6 +169,7 @@ def metrics_dict(ev: Evaluation) -> dict[str, Any]:
         "results": results,
         "classification_report": ev.reports,
         "subtype": ev.subtype,
+        "ood": ev.ood,
         "versions": library_versions(),
     }
 
@@ -185,6 +186,7 @@ def write_predictions(ev: Evaluation, path: Path) -> None:
         "prediction_at_threshold",
         "prediction_at_argmax",
         "patient",
+        "ood",
     ]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -197,6 +199,7 @@ def write_predictions(ev: Evaluation, path: Path) -> None:
                 CLASSES[int(plain[i] >= run.decision.threshold)],
                 CLASSES[int(plain[i] >= ARGMAX_THRESHOLD)],
                 patient,
+                "" if run.ood is None else str(bool(run.ood[i])).lower(),
             ]
             writer.writerow(row + ([f"{tta[i]:.6f}"] if tta is not None else []))
 
@@ -274,6 +277,7 @@ def _sections(ev: Evaluation, plots: dict[str, Path]) -> list[tuple[str, list[_B
             if ev.subtype
             else []
         ),
+        *([("Unlike the training X-rays (OOD)", _ood_blocks(ev))] if ev.ood else []),
         ("Confusion matrices", [_confusion_table(ev)]),
         (
             "scikit-learn classification reports",
@@ -306,6 +310,29 @@ SUBTYPE_NAMES = {
     "macro_auc": "Macro one-vs-rest ROC AUC",
     "bacteria_vs_virus_accuracy": "Bacteria vs virus accuracy, among PNEUMONIA images",
 }
+
+
+OOD_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc")
+
+
+def _ood_blocks(ev: Evaluation) -> list[_Block]:
+    """How many images the OOD check flagged, and the decision's figures without them."""
+    ood = ev.ood or {}
+    by_class = ", ".join(f"{k} {v}" for k, v in ood["flagged_by_class"].items())
+    text = (
+        f"{ood['flagged']} of {ood['n_images']} test images were flagged as unlike the training "
+        f"X-rays ({by_class}); they keep their probability and count in every figure above."
+    )
+    kept = ood["without_flagged"]
+    if kept is None:
+        return [text]
+    every = ev.summaries["plain"][ood["threshold"]]["metrics"]
+    rows = [
+        [METRIC_NAMES[m], with_interval(every[m]), with_interval(kept["metrics"][m])]
+        for m in OOD_METRICS
+    ]
+    header = ["Figure (plain, decision threshold)", "every image", "without the flagged"]
+    return [text, _Table(header, rows)]
 
 
 def _subtype_blocks(summary: dict[str, Any]) -> list[_Block]:

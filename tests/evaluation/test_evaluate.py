@@ -330,3 +330,26 @@ def test_real_xrays_are_grouped_by_patient(done, tmp_path):
             assert fig["ci_low"] - 1e-9 <= fig["value"] <= fig["ci_high"] + 1e-9
     assert all(math.isfinite(p) for p in ev.run.probabilities["plain"])
     assert set(CLASSES) == set(ts.counts())
+
+
+def test_flagged_images_are_counted_and_the_figures_given_without_them(done, tmp_path):
+    test = tmp_path / "test"
+    shutil.copytree(done.data / "test", test)
+    rng = np.random.RandomState(3)
+    colour = np.stack([rng.randint(150, 255, (90, 76)), rng.randint(0, 60, (90, 76)),
+                       rng.randint(0, 60, (90, 76))], axis=-1).astype(np.uint8)  # fmt: skip
+    Image.fromarray(colour, "RGB").save(test / "NORMAL" / "IM-9500-0001.jpeg")
+    ev = evaluate(done.card, test=test, n_boot=50, num_workers=0, bs=16)
+    files = [f.name for f in ev.run.test_set.files]
+    assert ev.run.ood is not None and ev.run.ood[files.index("IM-9500-0001.jpeg")]
+    ood = ev.ood
+    assert ood["n_images"] == len(files) and ood["flagged"] == int(ev.run.ood.sum()) >= 1
+    assert ood["flagged_by_class"]["NORMAL"] >= 1
+    kept = ood["without_flagged"]
+    assert kept["n_samples"] == len(files) - ood["flagged"]
+    report = write_report(ev, {}, tmp_path / "report")
+    assert json.loads(report.metrics.read_text())["ood"]["flagged"] == ood["flagged"]
+    with open(report.predictions, newline="") as f:
+        rows = {r["file"].split("/")[-1]: r for r in csv.DictReader(f)}
+    assert rows["IM-9500-0001.jpeg"]["ood"] == "true"
+    assert "without the flagged" in report.markdown.read_text()
