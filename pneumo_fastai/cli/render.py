@@ -146,6 +146,19 @@ def headline_tables(ev: Evaluation) -> list[Table]:
     return tables
 
 
+def subtype_line(summary: dict) -> str:
+    """The three-class headline figures with their intervals, in one sentence."""
+    from ..evaluation.report import with_interval
+
+    m = summary["metrics"]
+    names = (
+        ("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"),
+        ("macro AUC", "macro_auc"), ("bacteria vs virus accuracy", "bacteria_vs_virus_accuracy"),
+        ("BACTERIA recall", "recall_bacteria"), ("VIRUS recall", "recall_virus"),
+    )  # fmt: skip
+    return "Three classes: " + "; ".join(f"{n} {with_interval(m[k])}" for n, k in names) + "."
+
+
 def ood_line(ood: dict) -> str:
     """One sentence: how many test images were flagged, and the decision's figures without."""
     line = f"OOD check: {ood['flagged']} of {ood['n_images']} test images flagged."
@@ -179,6 +192,8 @@ def print_evaluation(
         console.print(table)
     if len(ev.run.points) > 2:
         console.print("Figures at every threshold are in metrics.json and the report.")
+    if ev.subtype is not None:
+        console.print(subtype_line(ev.subtype), markup=False)
     if ev.ood is not None:
         console.print(ood_line(ev.ood), markup=False)
     for s in ts.skipped[:_SHOWN]:

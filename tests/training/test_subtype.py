@@ -155,6 +155,13 @@ def test_evaluation_of_a_three_class_export_writes_every_figure_and_plot(subtype
     metrics = json.loads(files.metrics.read_text())
     assert metrics["subtype"]["confusion_matrix"]["counts"] == counts.tolist()
     assert "Three classes" in files.markdown.read_text()
+    from rich.console import Console
+
+    from pneumo_fastai.cli.render import print_evaluation
+
+    console = Console(record=True, width=200)
+    print_evaluation(ev, files, console)
+    assert "Three classes: accuracy " in console.export_text()
     assert {"confusion_matrix", "top_losses", "roc", "gradcam_top_losses"} <= set(plots)
     assert all(p.stat().st_size > 0 for p in plots.values())
 
