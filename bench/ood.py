@@ -111,7 +111,7 @@ def main() -> None:
 
     def energies(images: list[Image.Image]) -> np.ndarray:
         dl = exported.dataloader(images, bs=64, num_workers=0)
-        return energy(features_and_logits(exported.learner, dl)[1], t)
+        return energy(features_and_logits(exported.learner_for(dl), dl)[1], t)
 
     valid_energy = energies([load_xray(f) for f in valid_files])
     e_threshold = conformal_threshold(valid_energy, valid_energy, exported.card.ood.alpha)

@@ -83,8 +83,10 @@ def test_predictions_csv_has_one_row_per_evaluated_image(done):
         "prediction_at_threshold",
         "prediction_at_argmax",
         "patient",
+        "ood",
         "probability_tta",
     ]
+    assert {r["ood"] for r in rows} <= {"true", "false"}
     assert [r["file"] for r in rows] == [run.test_set.relative(f) for f in run.test_set.files]
     for row, y, p in zip(rows, run.y, run.probabilities["plain"], strict=True):
         assert row["label"] == CLASSES[y] == Path(row["file"]).parent.name
