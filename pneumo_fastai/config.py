@@ -13,6 +13,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 CLASSES: tuple[str, str] = ("NORMAL", "PNEUMONIA")  # the binary task, and the folders
 SUBTYPES: tuple[str, str, str] = ("NORMAL", "BACTERIA", "VIRUS")  # the subtype task
+URL_ENV = "PNEUMO_DATA_URL"  # overrides the dataset download URL (a mirror, a test server)
 Task = Literal["binary", "subtype"]
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)

@@ -18,8 +18,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ..config import TrainConfig
-from ..datatools.download import URL_ENV
+from ..config import URL_ENV, TrainConfig
 from ..errors import DataError
 
 data_app = typer.Typer(

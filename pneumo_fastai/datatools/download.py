@@ -37,7 +37,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from ..config import CLASSES
+from ..config import CLASSES, URL_ENV
 from ..data.layout import KAGGLE_FOLDER, SPLITS, list_split, present_splits
 from ..errors import DataError
 from ..fileio import sha256_file, write_text_atomic
@@ -57,7 +57,6 @@ MENDELEY_URL = (
 MENDELEY_SIZE = 1_235_512_464
 MENDELEY_SHA256 = "13efc055629733dbab07877f8b3c9f81097840dbcdaa326a8542322c2281ce36"
 ARCHIVE_NAME = "ChestXRay2017.zip"
-URL_ENV = "PNEUMO_DATA_URL"  # overrides the download URL (a mirror, or a local server in tests)
 KAGGLE_DATASET = "paultimothymooney/chest-xray-pneumonia"
 FOLDER = KAGGLE_FOLDER  # installed folder under --dest, the name Kaggle's zip uses
 MARKER = ".download-complete.json"
