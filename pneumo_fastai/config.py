@@ -73,6 +73,10 @@ class TrainConfig:
     # Largest random zoom factor; fastai's zoom also moves the centre, shifting border and marker.
     max_zoom: float = 1.25
     max_warp: float = 0.1  # Strength of random perspective warps (0: none).
+    # Smallest random crop of a training image, as a share of its area: each image gets its own
+    # crop, anywhere in it, resized back (fastai's RandomResizedCrop; 1: off). Validation and
+    # inference always see the whole image.
+    min_scale: float = 1.0
     max_lighting: float = 0.3  # Strength of random brightness and contrast changes.
     # Random gamma in [1/(1+g), 1+g], log-uniform, on 3 in 4 images (0: off).
     gamma: float = 0.4
@@ -138,6 +142,8 @@ class TrainConfig:
             raise ValueError("gamma, noise, mixup, cutmix and max_warp must be >= 0")
         if self.mixup and self.cutmix:
             raise ValueError("mixup and cutmix are alternatives: set one of them")
+        if not 0.0 < self.min_scale <= 1.0:
+            raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale}")
         if not 0.0 <= self.blur <= 1.0 or not 0.0 <= self.progressive < 1.0:
             raise ValueError("blur must be in [0, 1] and progressive in [0, 1)")
         if self.folds == 1 or self.folds < 0 or self.seeds == 1 or self.seeds < 0:

@@ -6,7 +6,7 @@ only (fastai's own ResNet split would put layer3 with layer4).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import sklearn.metrics as skm
@@ -16,6 +16,7 @@ from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import AccumMetric, ActivationType, accuracy
+from fastai.optimizer import Adam
 from fastai.torch_core import params
 from fastai.vision.learner import create_vision_model, vision_learner
 from torch import nn
@@ -186,6 +187,7 @@ def build_learner(
     config: TrainConfig,
     imagenet_state: Mapping[str, torch.Tensor] | None = None,  # torchvision ResNet34 weights
     class_weight: np.ndarray | None = None,  # loss weight per class, or None
+    opt_func: Callable = Adam,  # fastai optimizer (training passes its fused Adam)
 ) -> Learner:
     """`vision_learner` with the custom head and splitter; frozen up to layer4 when pretrained."""
     head = xray_head(
@@ -200,6 +202,7 @@ def build_learner(
         splitter=layer4_splitter,
         loss_func=build_loss(config, class_weight),
         metrics=learner_metrics(dls.c),
+        opt_func=opt_func,
         wd=config.wd,
     )
     if imagenet_state is not None:

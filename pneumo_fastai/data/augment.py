@@ -28,15 +28,19 @@ P_INTENSITY = 0.75  # share of images that get each intensity change, as fastai'
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable gaussian blur of an (n, c, h, w) batch, reflect-padded."""
+    """Separable gaussian blur of an (n, c, h, w) batch, reflect-padded.
+
+    A weighted sum of shifted views: on a CPU this is several times faster than `conv2d` with a
+    depthwise kernel this small.
+    """
     radius = max(1, math.ceil(2 * sigma))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-(t**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    kernel = (kernel / kernel.sum()).tolist()
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    rows = sum(k * padded[..., :, i : i + w] for i, k in enumerate(kernel))
+    return sum(k * rows[..., i : i + h, :] for i, k in enumerate(kernel))
 
 
 class RandomIntensity(RandTransform):
@@ -68,7 +72,10 @@ class RandomIntensity(RandTransform):
         if self.blur:
             sigma = 0.4 + 0.8 * float(torch.rand(()))  # one kernel a batch, in pixels
             alpha = (torch.rand(n, device=dev) * 2 - 1).view(n, 1, 1, 1)  # >0 blur, <0 sharpen
-            out = out + alpha * self._chosen(n, self.blur, dev) * (_gaussian_blur(out, sigma) - out)
+            chosen = self._chosen(n, self.blur, dev).view(n).bool()  # only these are filtered
+            if chosen.any():  # `out` is a fresh tensor here: writing into it is safe
+                picked = out[chosen]
+                out[chosen] = picked + alpha[chosen] * (_gaussian_blur(picked, sigma) - picked)
         if self.noise:
             sigma = torch.rand(n, device=dev).view(n, 1, 1, 1) * self.noise
             grain = torch.randn(n, 1, *out.shape[2:], device=dev)  # the same in every channel

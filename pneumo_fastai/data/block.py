@@ -6,8 +6,11 @@
     dls = build_dataloaders(ds.files, TrainConfig(data=ds.root))
 
 `LoadXray` opens what fastai's `PILImage.create` opens (a str or Path, a PIL image, a numpy array,
-bytes of an encoded file) and DICOM, through `load_xray`, as an 8-bit gray image copied to the 3
-channels ResNet expects. Everything pickled into an export lives at module level here.
+bytes of an encoded file) and DICOM, through `load_xray`, as one 8-bit gray channel. Images stay
+one channel through the loader and the batch augmentation (a third of the work of three equal
+channels, with the same result: every transform treats channels alike), and `GrayToRGB` copies
+them to the 3 channels ResNet expects just before ImageNet normalisation. Everything pickled into
+an export lives at module level here.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import torch
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
 from fastai.data.core import DataLoaders
 from fastai.data.transforms import IntToFloatTensor
-from fastai.vision.augment import Resize, ResizeMethod
+from fastai.torch_core import TensorImage
+from fastai.vision.augment import RandomResizedCrop
 from fastai.vision.core import PILImage
 from fasttransform import Transform
 from PIL import Image
@@ -37,13 +41,22 @@ from .split import SeededSplitter
 
 
 class XrayImage(PILImage):
-    """A chest X-ray as fastai's 3-channel image type, shown in gray."""
+    """A chest X-ray as fastai's image type: one gray channel (3 in exports of 0.1.0)."""
 
     _show_args: ClassVar[dict[str, str]] = {"cmap": "gray"}
 
 
+class GrayToRGB(Transform):
+    """Copy a batch of one-channel images to the 3 channels the network expects."""
+
+    order = 90  # after every augmentation, before `Normalize` (99)
+
+    def encodes(self, x: TensorImage) -> TensorImage:
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
 class LoadXray(Transform):
-    """Open an X-ray robustly as an `XrayImage` (grayscale copied to 3 channels)."""
+    """Open an X-ray robustly as a one-channel `XrayImage`."""
 
     # what fastai's `PILImage.create` opens, so `learn.predict` takes any of them
     input_types = (str, Path, Image.Image, np.ndarray, bytes)
@@ -56,9 +69,12 @@ class LoadXray(Transform):
     ):
         super().__init__()
         self.draft, self.cache, self.prep = draft, cache, prep
+        self.one_channel = True  # `GrayToRGB` in the batch transforms makes the 3 channels
 
     def encodes(self, x: Any) -> XrayImage:
-        return XrayImage(self.gray(x).convert("RGB"))
+        gray = self.gray(x)
+        # pickles made before `GrayToRGB` existed lack `one_channel`: their loader makes 3 channels
+        return XrayImage(gray if getattr(self, "one_channel", False) else gray.convert("RGB"))
 
     def gray(self, x: Any) -> Image.Image:
         """`x` as the mode "L" image the model sees (prepared, when the export has steps)."""
@@ -91,17 +107,25 @@ def uses_cache(dls: DataLoaders) -> bool:
 
 
 def xray_block(
-    draft: int | None = None,
-    cache: Mapping[str, Image.Image] | None = None,
-    prep: Preprocessing | None = None,
+    prep: Preprocessing,  # crop and squash to the model's size, equalise
+    cache: Mapping[str, Image.Image] | None = None,  # prepared training images by path
 ) -> TransformBlock:
-    """Like fastai's `ImageBlock`, but opening files with `LoadXray`."""
-    return TransformBlock(type_tfms=LoadXray(draft, cache, prep), batch_tfms=IntToFloatTensor)
+    """Like fastai's `ImageBlock`, opening files with `LoadXray`, one channel until batched.
+
+    `prep` squashes every image to the model's size, so no item transform resizes again.
+    """
+    loader = LoadXray(draft=prep.size, cache=cache, prep=prep)
+    return TransformBlock(type_tfms=loader, batch_tfms=[IntToFloatTensor, GrayToRGB])
 
 
-def item_transforms(config: TrainConfig) -> list:
-    """Per-image transforms: squash to `size` x `size` (the whole field of view is kept)."""
-    return [Resize(config.size, method=ResizeMethod.Squish)]
+def random_crops(config: TrainConfig) -> list:
+    """fastai's `RandomResizedCrop` per training image when `min_scale` < 1 (validation: none).
+
+    `val_xtra=0`: at validation fastai's crop keeps the whole image, already at `size`.
+    """
+    if config.min_scale >= 1.0:
+        return []
+    return [RandomResizedCrop(config.size, min_scale=config.min_scale, val_xtra=0.0)]
 
 
 def xray_datablock(
@@ -110,10 +134,11 @@ def xray_datablock(
     """The `DataBlock`: X-ray images, fixed NORMAL/PNEUMONIA vocab, seeded splitter."""
     return DataBlock(
         blocks=(
-            xray_block(config.size, cache, preprocessing(config)),
+            xray_block(preprocessing(config), cache),
             CategoryBlock(vocab=list(config.classes), sort=False),
         ),
         get_y=label_fn(config.task),
+        item_tfms=random_crops(config),
         splitter=SeededSplitter(
             config.valid_pct,
             config.seed,
@@ -122,7 +147,6 @@ def xray_datablock(
             config.fold or 0,
             config.task,
         ),
-        item_tfms=item_transforms(config),
         batch_tfms=batch_transforms(config),
     )
 

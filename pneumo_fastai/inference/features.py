@@ -1,22 +1,18 @@
-"""The network's pooled layer4 features (what the OOD check measures), beside its logits.
+"""The network's pooled layer4 features, what the OOD check measures.
 
-    feats, logits = features_and_logits(learn, dl)   # (n, 512) and (n, n_classes)
+    layers = pooled_layers(model)           # one per network (per ensemble member)
+    with capture(layers, kept): model(x)    # kept[i]: the (n, 512) outputs of layer i
 
 The head is AdaptiveAvgPool2d -> Flatten -> Dropout -> Linear ...: the Flatten's output is the
-512-d average of layer4. For an `EnsembleModule`, `feats` is a list with one array per member.
+512-d average of layer4.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import fastai.callback.progress  # noqa: F401 - adds Learner.no_bar
-import numpy as np
 import torch
-from fastai.data.core import TfmdDL
-from fastai.learner import Learner
 from torch import nn
 
 from ..model import EnsembleModule
@@ -43,13 +39,3 @@ def capture(layers: list[nn.Module], into: list[list[torch.Tensor]]) -> Iterator
     finally:
         for hook in hooks:
             hook.remove()
-
-
-def features_and_logits(learn: Learner, dl: TfmdDL) -> tuple[list[np.ndarray], np.ndarray]:
-    """Pooled features (one array per network) and raw model outputs for every item of `dl`."""
-    layers = pooled_layers(learn.model)
-    kept: list[list[torch.Tensor]] = [[] for _ in layers]
-    with capture(layers, kept), learn.no_bar(), warnings.catch_warnings(), torch.inference_mode():
-        warnings.simplefilter("ignore", UserWarning)
-        logits, _ = learn.get_preds(dl=dl, act=lambda x: x)
-    return [torch.cat(k).numpy() for k in kept], logits.float().numpy()

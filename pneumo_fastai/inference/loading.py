@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 from ..card import Card, EnsembleCard, ModelCard, card_path_of, read_card, verify_file
 from ..config import TrainConfig
 from ..data.augment import batch_transforms
-from ..data.block import item_transforms, xray_block
+from ..data.block import xray_block
 from ..data.names import label_fn
 from ..data.preprocess import preprocessing
 from ..device import ComputePlan, autocast, resolve_compute, resolve_device
@@ -52,14 +52,13 @@ def _all_in_both(items: Sequence[Any]) -> tuple[list[int], list[int]]:
 
 def inference_datablock(config: TrainConfig, labelled: bool) -> DataBlock:
     """Files -> (image[, label]) with training's transforms (augmentation runs only in `tta`)."""
-    blocks = (xray_block(draft=config.size, prep=preprocessing(config)),)
+    blocks = (xray_block(preprocessing(config)),)
     if labelled:
         blocks = (*blocks, CategoryBlock(vocab=list(config.classes), sort=False))
     return DataBlock(
         blocks=blocks,
         get_y=label_fn(config.task) if labelled else None,
         splitter=_all_in_both,
-        item_tfms=item_transforms(config),
         batch_tfms=batch_transforms(config),
         n_inp=1,
     )

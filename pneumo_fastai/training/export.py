@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,30 +27,37 @@ from ..data.preprocess import preprocessing
 from ..device import ComputePlan
 from ..fileio import sha256_file, staged_files
 from ..model import describe
-from .callbacks import GracefulStop, SaveBestModel
-from .sampling import BalancedSamplingCallback
+from .ood import FittedDetector
 
 THRESHOLD_RULE = "highest specificity with PNEUMONIA sensitivity >= target, on validation"
 
 
-def build_card(
-    config: TrainConfig,
-    ds: DatasetFiles,
-    learn: Learner,
-    best: SaveBestModel,
-    stopper: GracefulStop,
-    balance: BalancedSamplingCallback | None,
-    rows: Sequence[dict[str, float | None]],  # per-epoch losses and metrics
-    figures: dict[str, Any],  # `validation_figures`
-    phases: dict[str, float],  # wall seconds of each step so far (check, setup, fit)
-    plan: ComputePlan,  # the precision and memory format that ran
-    distributed: dict[str, Any],  # `DistributedRun.summary`
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FinishedRun:
+    """A fit that ended with its best epoch restored: everything the export is made of."""
+
+    config: TrainConfig
+    ds: DatasetFiles  # the dataset folder as discovered
+    learn: Learner  # best epoch restored, temperature set on the loss
+    plan: ComputePlan  # the precision and memory format the fit ran in
+    best_epoch: int
+    stopped_at_epoch: int | None  # where Ctrl-C/SIGTERM stopped it, if it did
+    balanced_fractions: dict[str, float] | None  # classes drawn in epoch 1 (balanced sampling)
+    rows: list[dict[str, float | None]]  # per-epoch losses and metrics
+    figures: dict[str, Any]  # `validation_figures` of the fp32 reference outputs
+    detector: FittedDetector | None  # the OOD check, when fitted
+    phases: dict[str, float]  # wall seconds of each step so far
+    distributed: dict[str, Any]  # `DistributedRun.summary`
+    work: Path  # the run's work folder (history.csv)
+
+
+def build_card(done: FinishedRun) -> dict[str, Any]:
     """The model card's fields for a finished run (the `files` section is added when writing)."""
+    config, ds, learn, rows, figures = done.config, done.ds, done.learn, done.rows, done.figures
+    phases, plan, best_epoch = done.phases, done.plan, done.best_epoch
     train_files = list(learn.dls.train_ds.items)
     valid_files = list(learn.dls.valid_ds.items)
     epochs_run = len(rows)
-    best_epoch = best.best_epoch
     return {
         "schema_version": CARD_SCHEMA_VERSION,
         "kind": "single",
@@ -90,10 +98,10 @@ def build_card(
             "device": str(learn.dls.device),
             "epochs_run": epochs_run,
             "best_epoch": best_epoch,
-            "stopped_early": stopper.stopped_at_epoch is None and epochs_run < config.epochs,
-            "interrupted": stopper.stopped_at_epoch is not None,
-            "interrupted_at_epoch": stopper.stopped_at_epoch,
-            "balanced_first_epoch_fractions": balance.first_epoch_fractions if balance else None,
+            "stopped_early": done.stopped_at_epoch is None and epochs_run < config.epochs,
+            "interrupted": done.stopped_at_epoch is not None,
+            "interrupted_at_epoch": done.stopped_at_epoch,
+            "balanced_first_epoch_fractions": done.balanced_fractions,
             "seconds": round(phases["fit"], 1),
             "seconds_per_epoch": round(phases["fit"] / max(epochs_run, 1), 1),
             "phases": phases,
@@ -102,7 +110,7 @@ def build_card(
             "compute_rule": plan.reason,
             "cached_in_ram": uses_cache(learn.dls),
             "num_workers": learn.dls.train.fake_l.num_workers,
-            "distributed": distributed,
+            "distributed": done.distributed,
         },
         "validation": {
             "best_epoch": rows[best_epoch],

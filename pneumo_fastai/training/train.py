@@ -42,21 +42,24 @@ from ..evaluation.metrics import (
     multiclass_metrics,
     nan_to_none,
 )
-from ..inference.features import features_and_logits, pooled_layers
+from ..inference.features import pooled_layers
 from ..model import build_learner
 from ..weights import imagenet_state_dict
 from .callbacks import (
     BestEpochPredictions,
     DeviceMixedPrecision,
     GracefulStop,
+    PlainTensorInputs,
     ProgressiveResize,
     SaveBestModel,
     stop_on_signals,
 )
-from .export import build_card, write_export, write_valid_csv
-from .ood import FittedDetector, fit_detector
+from .export import FinishedRun, build_card, write_export, write_valid_csv
+from .ood import fit_detector
+from .optimizer import FusedAdam
 from .ranks import is_main_process
-from .run import distributed_run, process_device
+from .reference import reference_outputs
+from .run import DistributedRun, distributed_run, process_device
 from .sampling import BalancedSamplingCallback, class_weights, train_labels
 
 Log = Callable[[str], None]
@@ -100,8 +103,8 @@ class Phases:
 
 
 def speed_callbacks(plan: ComputePlan) -> list[Callback]:
-    """Mixed precision and channels-last callbacks for `plan`."""
-    cbs: list[Callback] = []
+    """Plain tensors into the network, and mixed precision and channels-last for `plan`."""
+    cbs: list[Callback] = [PlainTensorInputs()]
     if plan.precision != "fp32":
         cbs.append(DeviceMixedPrecision(amp_mode=plan.precision))
     if plan.channels_last:
@@ -213,6 +216,127 @@ def _summary(card: ModelCard) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Built:
+    """What setup made: the data, the device and the learner, ready to fit."""
+
+    ds: DatasetFiles  # the dataset folder as discovered
+    device: torch.device  # this process's device
+    learn: Learner  # loaders, network, loss and metrics
+
+
+def _build(config: TrainConfig, files: Sequence[Path], ds: DatasetFiles, progress: bool) -> Built:
+    """Weights, loaders (and the cache fill) and the learner."""
+    device = process_device(resolve_device(config.device))
+    imagenet = imagenet_state_dict(config.weights) if config.pretrained else None
+    dls = build_dataloaders(files, config, device=device, progress=progress)
+    weighted = config.class_weighted_loss
+    loss_weight = class_weights(train_labels(dls), dls.c) if weighted else None
+    learn = build_learner(dls, config, imagenet, loss_weight, opt_func=FusedAdam)
+    if not progress:
+        learn.remove_cb(ProgressCallback)
+    return Built(ds, device, learn)
+
+
+def _fit(
+    config: TrainConfig,
+    built: Built,
+    run: DistributedRun,
+    phases: Phases,
+    log: Log,
+    cbs: Sequence[Callback],
+) -> FinishedRun:
+    """One-cycle fit with early stopping, the best epoch restored, then the card's figures."""
+    learn = built.learn
+    with phases("probe"):  # rank 0 decides, so that every process computes alike
+        main = (
+            resolve_compute(built.device, config.precision, config.channels_last)
+            if run.is_main
+            else None
+        )
+        plan = run.share(main)
+    log(
+        f"Training on {len(learn.dls.train_ds)} images, validating on {len(learn.dls.valid_ds)} "
+        f"({config.split} split, seed {config.seed}) on {built.device}, {plan.precision}"
+        f"{', channels-last' if plan.channels_last else ''} ({plan.reason})."
+    )
+    learn.path, learn.model_dir = run.work, "."
+    best = SaveBestModel(monitor="valid_loss", fname="best")
+    kept = BestEpochPredictions(best, pooled_layers(learn.model)[0] if config.ood else None)
+    stopper = GracefulStop()
+    balance = BalancedSamplingCallback(seed=config.seed) if config.balanced else None
+    fit_cbs = [
+        EarlyStoppingCallback(monitor="valid_loss", patience=config.patience),
+        best,
+        kept,
+        *([CSVLogger(fname=run.work / "history.csv")] if run.is_main else []),
+        stopper,
+        *([balance] if balance else []),
+        *recipe_callbacks(config),
+        *speed_callbacks(plan),
+        *run.callbacks,
+        *cbs,
+    ]
+    lr = slice(config.lr / 10, config.lr) if config.pretrained else config.lr
+    with phases("fit"), stop_on_signals(stopper):
+        learn.fit_one_cycle(config.epochs, lr_max=lr, cbs=fit_cbs)
+    learn.model.to(memory_format=torch.contiguous_format)
+    if best.best_epoch is None:
+        raise PneumoError("Training stopped before the first epoch finished; nothing exported.")
+    learn.path, learn.model_dir = Path("."), "models"
+    learn.logger = print  # CSVLogger restores whatever logger a caller's callback set
+    rows = epoch_rows(learn)
+    with phases("reference"):  # fp32 outputs for the card (see `reference.py`)
+        outputs = reference_outputs(learn, kept, plan, config.ood, config.seed)
+        figures = validation_figures(outputs.logits, outputs.targs, config.target_sensitivity)
+        detector = None
+        if config.ood:
+            detector = fit_detector(
+                outputs.train_features, outputs.train_labels, outputs.valid_features
+            )
+    learn.loss_func.temperature = figures["calibration"]["temperature"]  # in the pickle too
+    return FinishedRun(
+        config=config,
+        ds=built.ds,
+        learn=learn,
+        plan=plan,
+        best_epoch=best.best_epoch,
+        stopped_at_epoch=stopper.stopped_at_epoch,
+        balanced_fractions=balance.first_epoch_fractions if balance else None,
+        rows=rows,
+        figures=figures,
+        detector=detector,
+        phases=phases.seconds,
+        distributed=run.summary(config.bs),
+        work=run.work,
+    )
+
+
+def _export(done: FinishedRun) -> ModelCard:
+    """Write the export's files and its card, atomically; the ONNX graph when asked."""
+    config, learn = done.config, done.learn
+    paths = ExportPaths.for_name(config.exports, config.name)
+    fields = build_card(done)
+    scores = [] if done.detector is None else [done.detector.valid_scores.tolist()]
+    rows = _valid_rows(learn, done.ds, config.task, done.figures["probabilities"], *scores)
+    writers = {
+        "pkl": learn.export,
+        "weights": lambda p: save_file(learn.model.state_dict(), p),
+        "history": lambda p: p.write_bytes((done.work / "history.csv").read_bytes()),
+        "valid": lambda p: write_valid_csv(p, rows),
+    }
+    if done.detector is not None:
+        fields["ood"] = done.detector.facts
+        writers["ood"] = done.detector.stats.save
+    card = write_export(paths, fields, writers)
+    if config.onnx:
+        from ..inference.onnx_export import export_onnx
+
+        export_onnx(paths.card)
+        card = read_card(paths.card)
+    return card
+
+
 def train(
     config: TrainConfig,
     *,
@@ -220,7 +344,7 @@ def train(
     log: Log = print,  # where one-line status messages go
     cbs: Sequence[Callback] = (),  # extra callbacks for this fit (loggers, custom stops)
 ) -> TrainResult:
-    """Train, restore the best epoch, choose the threshold on validation, and export.
+    """Train, restore the best epoch, calibrate and choose the threshold on validation, export.
 
     Under `torchrun`/`accelerate launch` every process calls this with the same config: the data
     is checked on each before they join up, they train as one DDP model, and rank 0 logs and
@@ -233,98 +357,20 @@ def train(
             "pneumo_fastai.training.ensemble.train_ensemble, or `pneumo-fastai train`."
         )
     set_seed(config.seed, reproducible=True)
-    if not is_main_process():
-        log = _silent
+    main = is_main_process()
+    log = log if main else _silent
     phases = Phases()
     with phases("check"):
         ds, files = training_files(config, log)
     with phases("setup"):  # weights, loaders (and the cache fill), learner
-        device = process_device(resolve_device(config.device))
-        imagenet = imagenet_state_dict(config.weights) if config.pretrained else None
-        show = progress and is_main_process()
-        dls = build_dataloaders(files, config, device=device, progress=show)
-        weighted = config.class_weighted_loss
-        loss_weight = class_weights(train_labels(dls), dls.c) if weighted else None
-        learn = build_learner(dls, config, imagenet, loss_weight)
-    if not progress or not is_main_process():
-        learn.remove_cb(ProgressCallback)
-    with distributed_run(config.exports, device, config.sync_bn) as run:
-        with phases("probe"):  # rank 0 decides, so that every process computes alike
-            main = (
-                resolve_compute(device, config.precision, config.channels_last)
-                if run.is_main
-                else None
-            )
-            plan = run.share(main)
-        log(
-            f"Training on {len(dls.train_ds)} images, validating on {len(dls.valid_ds)} "
-            f"({config.split} split, seed {config.seed}) on {device}, {plan.precision}"
-            f"{', channels-last' if plan.channels_last else ''} ({plan.reason})."
-        )
-        work = run.work
-        learn.path, learn.model_dir = work, "."
-        best = SaveBestModel(monitor="valid_loss", fname="best")
-        kept = BestEpochPredictions(best, pooled_layers(learn.model)[0] if config.ood else None)
-        stopper = GracefulStop()
-        balance = BalancedSamplingCallback(seed=config.seed) if config.balanced else None
-        cbs = [
-            EarlyStoppingCallback(monitor="valid_loss", patience=config.patience),
-            best,
-            kept,
-            *([CSVLogger(fname=work / "history.csv")] if run.is_main else []),
-            stopper,
-            *([balance] if balance else []),
-            *recipe_callbacks(config),
-            *speed_callbacks(plan),
-            *run.callbacks,
-            *cbs,
-        ]
-        lr = slice(config.lr / 10, config.lr) if config.pretrained else config.lr
-        with phases("fit"), stop_on_signals(stopper):
-            learn.fit_one_cycle(config.epochs, lr_max=lr, cbs=cbs)
-        learn.model.to(memory_format=torch.contiguous_format)
-        if best.best_epoch is None:
-            raise PneumoError("Training stopped before the first epoch finished; nothing exported.")
-
-        paths = ExportPaths.for_name(config.exports, config.name)
-        learn.path, learn.model_dir = Path("."), "models"
-        learn.logger = print  # CSVLogger restores whatever logger a caller's callback set
-
-        rows = epoch_rows(learn)
-        figures = validation_figures(kept.logits, kept.targs, config.target_sensitivity)
-        learn.loss_func.temperature = figures["calibration"]["temperature"]  # in the pickle too
-        detector = None
-        if config.ood:
-            with phases("ood"):
-                detector = ood_detector(learn, kept.features)
-        card: ModelCard | None = None
-        if run.is_main:
-            fields = build_card(
-                config, ds, learn, best, stopper, balance, rows, figures, phases.seconds, plan,
-                run.summary(config.bs),
-            )  # fmt: skip
-            scores = [] if detector is None else [detector.valid_scores.tolist()]
-            writers = {
-                "pkl": learn.export,
-                "weights": lambda p: save_file(learn.model.state_dict(), p),
-                "history": lambda p: p.write_bytes((work / "history.csv").read_bytes()),
-                "valid": lambda p: write_valid_csv(
-                    p, _valid_rows(learn, ds, config.task, figures["probabilities"], *scores)
-                ),
-            }
-            if detector is not None:
-                fields["ood"] = detector.facts
-                writers["ood"] = detector.stats.save
-            card = write_export(paths, fields, writers)
-            if config.onnx:
-                from ..inference.onnx_export import export_onnx
-
-                export_onnx(paths.card)
-                card = read_card(paths.card)
-        card = run.share(card)
+        built = _build(config, files, ds, progress and main)
+    with distributed_run(config.exports, built.device, config.sync_bn) as run:
+        done = _fit(config, built, run, phases, log, cbs)
+        card = run.share(_export(done) if run.is_main else None)
+    paths = ExportPaths.for_name(config.exports, config.name)
     log(_summary(card))
     log(f"Exported {paths.pkl}, {paths.weights} and {paths.card}.")
-    return TrainResult(paths=paths, card=card, learner=learn)
+    return TrainResult(paths=paths, card=card, learner=done.learn)
 
 
 def _silent(_: str) -> None:
@@ -339,12 +385,3 @@ def _valid_rows(
         (relative_name(f, ds.root), label(f), *values)
         for f, *values in zip(learn.dls.valid_ds.items, *columns, strict=True)
     ]
-
-
-def ood_detector(learn: Learner, valid_features: torch.Tensor) -> FittedDetector:
-    """The OOD detector of the trained network: one pass over the training split's images."""
-    train_items = list(learn.dls.train_ds.items)
-    dl = learn.dls.test_dl(train_items, num_workers=learn.dls.train.fake_l.num_workers)
-    features, _ = features_and_logits(learn, dl)
-    labels = np.array(train_labels(learn.dls))
-    return fit_detector(features[0], labels, valid_features.numpy())
