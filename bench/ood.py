@@ -30,8 +30,8 @@ from robustness import CORRUPTIONS
 from pneumo_fastai import load_model
 from pneumo_fastai.data.images import load_xray
 from pneumo_fastai.data.layout import list_split
-from pneumo_fastai.inference.features import features_and_logits
 from pneumo_fastai.inference.ood import conformal_threshold, energy
+from pneumo_fastai.training.reference import features_and_logits
 
 
 def package_images() -> dict[str, Image.Image]:
@@ -111,7 +111,7 @@ def main() -> None:
 
     def energies(images: list[Image.Image]) -> np.ndarray:
         dl = exported.dataloader(images, bs=64, num_workers=0)
-        return energy(features_and_logits(exported.learner_for(dl), dl)[1], t)
+        return energy(features_and_logits(exported.learner.model, dl)[1], t)
 
     valid_energy = energies([load_xray(f) for f in valid_files])
     e_threshold = conformal_threshold(valid_energy, valid_energy, exported.card.ood.alpha)
