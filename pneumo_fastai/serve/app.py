@@ -7,34 +7,39 @@
     demo.queue(default_concurrency_limit=2).launch(...)
 
 The app adds no logic of its own: it calls the package's inference (`XrayClassifier`), its
-Grad-CAM (`evaluation.gradcam.explain`) and its result rows (`inference.results`). Tabs:
-- one image: P(PNEUMONIA), the decision at the card's threshold and at argmax, the image as the
-  model saw it (DICOM included) beside its Grad-CAM, and the model card's essentials;
-- batch: several files or a zip; a table with the columns of `predict --out` and a CSV.
+Grad-CAM (`evaluation.gradcam`) and its result rows (`inference.results`). Tabs:
+- one image: the decision at the card's threshold as the headline, then P(PNEUMONIA), the argmax
+  class and every class's probability, and, enlarged, the image as the model saw it (DICOM
+  included) beside its Grad-CAM of P(PNEUMONIA); one decode and one forward pass per upload;
+- batch: several files or a zip; a table with the columns of `predict --out` and a CSV;
+- the model card's essentials.
 The `predict` API endpoint takes one file and returns the JSON of `api_result`. A bad upload is
-an error message (and `error` in the API), never a crash; the next request works.
+an error message (and `error` in the API), never a crash; the next request works. Nothing is left
+behind per request but Gradio's own cache of uploads and results, emptied of day-old files.
 """
 
 from __future__ import annotations
 
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 from PIL import Image
 
 from ..card import EnsembleCard
 from ..datatools.download import extract_zip
 from ..errors import PneumoError
-from ..evaluation.gradcam import explain, overlay
+from ..evaluation.gradcam import ForwardCapture, overlay
 from ..fileio import sha256_file
-from ..inference.inputs import expand_inputs, read_item
+from ..inference.inputs import expand_inputs
 from ..inference.predict import XrayClassifier
-from ..inference.results import OUTPUT_COLUMNS, Prediction, write_predictions
+from ..inference.results import Prediction, output_columns, write_predictions
 
 BANNER = (
     "**Research software, not a medical device.** The answer below is a model's guess on one "
@@ -45,6 +50,11 @@ THEME = gr.themes.Default(  # system fonts: the page loads nothing from the inte
     font=["system-ui", "-apple-system", "Segoe UI", "sans-serif"],
     font_mono=["ui-monospace", "SFMono-Regular", "monospace"],
 )
+DISPLAY_PX = 448  # the model's input (often 128-224 px) is shown enlarged to at least this side
+PANEL_PX = DISPLAY_PX + 60  # an image panel's height: the picture and, above it, its label
+CACHE_CLEANUP = (3600, 86400)  # Gradio's cache: every hour, files older than a day are deleted
+Rows = list[list[Any]]
+OneImage = tuple[str, dict[str, float] | None, Image.Image | None, Image.Image | None]
 
 
 def api_result(pred: Prediction) -> dict[str, Any]:
@@ -91,12 +101,16 @@ def card_markdown(classifier: XrayClassifier, card_path: Path) -> str:
     )
 
 
-def _decision_markdown(pred: Prediction) -> str:
+def decision_markdown(pred: Prediction) -> str:
+    """The decision at the card's threshold as the headline; P(PNEUMONIA) and argmax below it."""
     if not pred.ok:
         return f"**Could not read this file:** {pred.error}"
+    side = "≥" if pred.probability >= pred.threshold else "<"
     text = (
-        f"**{pred.label}** at the card's threshold ({pred.threshold:.3g}); "
-        f"**{pred.label_argmax}** at argmax. P(PNEUMONIA) = {pred.probability:.4f}"
+        f"# {pred.label}\n\n"
+        f"Decision at the model card's threshold: P(PNEUMONIA) = {pred.probability:.4f} "
+        f"{side} {pred.threshold:.3g}.\n\n"
+        f"Most probable class (argmax): {pred.label_argmax}."
     )
     if pred.ood:
         text = (
@@ -106,22 +120,35 @@ def _decision_markdown(pred: Prediction) -> str:
     return text
 
 
-def predict_one(classifier: XrayClassifier, path: str | None):
-    """The image tab: label, decision text, the model's input and its Grad-CAM overlay."""
+def _enlarged(image: Image.Image) -> Image.Image:
+    """`image` scaled up to DISPLAY_PX a side (if smaller), so that a person can read it."""
+    side = max(DISPLAY_PX, image.width)
+    return image.resize((side, side * image.height // image.width), Image.Resampling.LANCZOS)
+
+
+def predict_one(classifier: XrayClassifier, path: str | None) -> OneImage:
+    """The image tab: decision, class probabilities, the model's input and its Grad-CAM overlay.
+
+    The file is decoded and run through the network once, by `predict`; the Grad-CAM (of
+    P(PNEUMONIA), see `evaluation.gradcam`) is taken from that same forward pass.
+    """
     if path is None:
-        return None, "Upload an X-ray (JPEG, PNG, TIFF or DICOM).", None, None
-    decoded = read_item(path, classifier.size)
-    if isinstance(decoded, str):
-        gr.Warning(f"Could not read this file: {decoded}")
-        failed = Prediction(path, None, None, None, classifier.threshold, decoded)
-        return None, _decision_markdown(failed), None, None
-    image = decoded.image
-    pred = classifier.predict(path)  # from the file: the input checks see its own colours
-    gray, cam = explain(classifier.exported, [image])
-    seen = Image.fromarray((gray[0] * 255).astype("uint8"))
+        return "Upload an X-ray (JPEG, PNG, TIFF or DICOM).", None, None, None
+    with ForwardCapture(classifier.exported.learner.model) as seen:
+        pred = classifier.predict(path)
+    if not pred.ok:
+        gr.Warning(f"Could not read this file: {pred.error}")
+        return decision_markdown(pred), None, None, None
+    gray, cam = seen.explain()
     negative, positive = classifier.classes
-    label = pred.class_probabilities or {positive: pred.probability, negative: 1 - pred.probability}
-    return label, _decision_markdown(pred), seen, overlay(gray[0], cam[0])
+    probs = pred.class_probabilities or {positive: pred.probability, negative: 1 - pred.probability}
+    picture = Image.fromarray((gray[0] * 255).round().astype(np.uint8))
+    return (
+        decision_markdown(pred),
+        probs,
+        _enlarged(picture),
+        _enlarged(overlay(gray[0], cam[0])),
+    )
 
 
 def api_predict(classifier: XrayClassifier, path: str | None) -> dict[str, Any]:
@@ -144,55 +171,68 @@ def _batch_inputs(paths: Sequence[str], work: Path) -> list[Path]:
     return files
 
 
-def predict_batch(classifier: XrayClassifier, paths: list[str] | None):
-    """The batch tab: a table of `predict --out` rows and the same as a CSV file."""
+def predict_batch(
+    classifier: XrayClassifier, paths: list[str] | None
+) -> Iterator[tuple[Rows, str | None]]:
+    """The batch tab: a table of `predict --out` rows and the same as a CSV file.
+
+    A generator that yields once: Gradio copies the CSV into its own cache when it takes the
+    answer and only then resumes the generator, which removes the request's folder (the CSV and
+    any extracted zip) on its way out, as it does if the request is dropped.
+    """
     if not paths:
-        return [], None
-    work = Path(tempfile.mkdtemp(prefix="pneumo-serve-"))
-    try:
-        files = _batch_inputs(paths, work)
-    except PneumoError as e:
-        gr.Warning(str(e))
-        return [], None
-    preds = [replace(p, file=Path(p.file).name) for p in classifier.predict_batch(files)]
-    out = work / "predictions.csv"
-    write_predictions(preds, out)
-    rows = [[p.row()[c] for c in OUTPUT_COLUMNS] for p in preds]
-    return rows, str(out)
+        yield [], None
+        return
+    with tempfile.TemporaryDirectory(prefix="pneumo-serve-") as tmp:
+        try:
+            files = _batch_inputs(paths, Path(tmp))
+        except PneumoError as e:
+            gr.Warning(str(e))
+            yield [], None
+            return
+        preds = [replace(p, file=Path(p.file).name) for p in classifier.predict_batch(files)]
+        out = Path(tmp) / "predictions.csv"
+        write_predictions(preds, out)
+        columns = output_columns(classifier.card.classes)
+        yield [[p.row()[c] for c in columns] for p in preds], str(out)
 
 
 def build_app(classifier: XrayClassifier, card_path: Path | str) -> gr.Blocks:
     """The Blocks app (not launched)."""
     card_path = Path(card_path)
-    with gr.Blocks(title="pneumo-fastai: chest X-ray classifier") as demo:
+    title = "pneumo-fastai: chest X-ray classifier"
+    with gr.Blocks(title=title, delete_cache=CACHE_CLEANUP) as demo:
         gr.Markdown("# NORMAL vs PNEUMONIA, chest X-ray")
         gr.Markdown(BANNER)
         with gr.Tab("One image"):
             with gr.Row():
                 upload = gr.File(label="X-ray", file_types=FILE_TYPES, type="filepath")
                 with gr.Column():
-                    label = gr.Label(label="Probabilities", num_top_classes=2)
-                    decision = gr.Markdown()
+                    decision = gr.Markdown(elem_id="decision")
+                    label = gr.Label(label="Class probabilities", show_heading=False)
             with gr.Row():
-                seen = gr.Image(label="What the model saw", type="pil", interactive=False)
+                seen = gr.Image(label="What the model saw", type="pil", interactive=False,
+                                height=PANEL_PX, elem_id="seen")  # fmt: skip
                 heat = gr.Image(label="Grad-CAM: evidence for PNEUMONIA", type="pil",
-                                interactive=False)  # fmt: skip
+                                interactive=False, height=PANEL_PX,
+                                elem_id="gradcam")  # fmt: skip
             upload.change(
-                lambda p: predict_one(classifier, p),
+                partial(predict_one, classifier),
                 inputs=upload,
-                outputs=[label, decision, seen, heat],
+                outputs=[decision, label, seen, heat],
                 api_visibility="private",
             )
         with gr.Tab("Batch"):
             uploads = gr.File(
                 label="X-rays or a zip of them", file_count="multiple", type="filepath",
-                file_types=[*FILE_TYPES, ".zip"],
+                file_types=[*FILE_TYPES, ".zip"], elem_id="batch-files",
             )  # fmt: skip
             run = gr.Button("Predict all", variant="primary")
-            table = gr.Dataframe(headers=list(OUTPUT_COLUMNS), label="Results", wrap=True)
-            csv_file = gr.File(label="Download CSV")
+            columns = list(output_columns(classifier.card.classes))
+            table = gr.Dataframe(headers=columns, label="Results", wrap=True)
+            csv_file = gr.File(label="Download CSV", elem_id="batch-csv")
             run.click(
-                lambda ps: predict_batch(classifier, ps),
+                partial(predict_batch, classifier),
                 inputs=uploads,
                 outputs=[table, csv_file],
                 api_visibility="private",
@@ -204,7 +244,7 @@ def build_app(classifier: XrayClassifier, card_path: Path | str) -> gr.Blocks:
         api_out = gr.JSON(visible=False)
         api_go = gr.Button(visible=False)
         api_go.click(
-            lambda p: api_predict(classifier, p), inputs=api_file, outputs=api_out,
+            partial(api_predict, classifier), inputs=api_file, outputs=api_out,
             api_name="predict",
         )  # fmt: skip
     return demo

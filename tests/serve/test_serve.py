@@ -1,20 +1,33 @@
-"""`pneumo-fastai serve`: the API through gradio_client, bad input, limits, and a real browser."""
+"""`pneumo-fastai serve`: the API through gradio_client, bad input, limits, and a real browser.
+
+The served model is a 1-epoch 64 px export trained here, or the export named by PNEUMO_SERVE_MODEL
+(a card path); PNEUMO_SCREENSHOT names where to keep the browser's picture of the page, e.g.
+
+    PNEUMO_SERVE_MODEL=runs/x.json PNEUMO_SCREENSHOT=docs/serve.png pytest tests/serve -k browser
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import pytest
+from PIL import Image
 
 from pneumo_fastai.inference.predict import load_model
+from pneumo_fastai.inference.results import Prediction
 
-from ..conftest import SHARED_DATA, free_port
+from ..conftest import SHARED_DATA, free_port, one_torch_thread
 from ..data.test_images import png_header
 
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client comes with [dev]")
@@ -39,10 +52,23 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(real_export: Path):
+def served_export(request: pytest.FixtureRequest) -> Path:
+    """The export the server serves: PNEUMO_SERVE_MODEL's, else the tiny one trained here."""
+    named = os.environ.get("PNEUMO_SERVE_MODEL")
+    return Path(named) if named else request.getfixturevalue("real_export")
+
+
+@pytest.fixture(scope="module")
+def server_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's temp folder (TMPDIR), to see what requests leave behind."""
+    return tmp_path_factory.mktemp("server_tmp")
+
+
+@pytest.fixture(scope="module")
+def server(served_export: Path, server_temp: Path):
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "pneumo_fastai.cli", "serve", str(real_export),
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(server_temp)}
+    cmd = [sys.executable, "-m", "pneumo_fastai.cli", "serve", str(served_export),
            "--port", str(port), "--max-file-mb", str(MAX_FILE_MB)]  # fmt: skip
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
@@ -65,9 +91,16 @@ def xray(n: int = 0) -> Path:
     return sorted((SHARED_DATA / "train" / "PNEUMONIA").iterdir())[n]
 
 
-def test_the_api_gives_predicts_probability(client, real_export):
+def expected_for(export: Path, path: Path) -> Prediction:
+    """`predict`'s answer in this process, on one thread like the server (results can differ in
+    the last digits with the number of threads)."""
+    with one_torch_thread():
+        return load_model(export).predict(path)
+
+
+def test_the_api_gives_predicts_probability(client, served_export):
     out = client.predict(gradio_client.handle_file(str(xray())), api_name="/predict")
-    expected = load_model(real_export).predict(xray())
+    expected = expected_for(served_export, xray())
     assert out["error"] is None
     assert out["probability"] == pytest.approx(expected.probability, abs=1e-5)
     assert out["prediction"] == expected.label and out["prediction_argmax"] == expected.label_argmax
@@ -98,16 +131,25 @@ def test_an_upload_over_the_limit_is_refused_before_it_is_read(client, tmp_path)
         client.predict(gradio_client.handle_file(str(big)), api_name="/predict")
 
 
-def test_the_page_in_a_real_browser_shows_the_answer_and_stays_on_loopback(server, real_export):
+def small_png(path: Path) -> None:
+    """Rewrite a screenshot as a 256-colour dithered PNG: a third of the size, for git."""
+    with Image.open(path) as shot:
+        rgb = shot.convert("RGB")
+    palette = rgb.quantize(colors=256, method=Image.Quantize.MEDIANCUT, kmeans=2)
+    rgb.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
+    assert path.stat().st_size < 200_000, "screenshots over 200 kB stay out of git"
+
+
+@contextmanager
+def browser_page(requests: list[str]) -> Iterator:
+    """A page in Debian's chromium (headless, no network but the server); URLs asked go in
+    `requests`."""
     if not CHROMIUM.is_file():
         if os.environ.get("CI") == "true":
             pytest.fail(f"{CHROMIUM} is missing: .ci/run must apt-get install chromium")
         pytest.skip(f"the browser test needs Debian's chromium at {CHROMIUM}")
     from playwright.sync_api import sync_playwright
 
-    expected = load_model(real_export).predict(xray())
-    requests: list[str] = []
-    shot = os.environ.get("PNEUMO_SCREENSHOT")  # where to keep the page's picture, if anywhere
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM),
@@ -116,18 +158,34 @@ def test_the_page_in_a_real_browser_shows_the_answer_and_stays_on_loopback(serve
         )  # fmt: skip
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.on("request", lambda r: requests.append(r.url))
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def test_the_page_in_a_real_browser_shows_the_answer_and_stays_on_loopback(server, served_export):
+    expected = expected_for(served_export, xray())
+    requests: list[str] = []
+    shot = os.environ.get("PNEUMO_SCREENSHOT")  # where to keep the page's picture, if anywhere
+    with browser_page(requests) as page:
         page.goto(server)
         page.locator("input[type=file]").first.set_input_files(str(xray()))
         decision = page.get_by_text("P(PNEUMONIA) =")
         decision.wait_for(timeout=120_000)
-        page.get_by_text("Grad-CAM").first.wait_for()
+        for panel in ("#seen img", "#gradcam img"):
+            page.locator(panel).wait_for()
         page.wait_for_timeout(1500)  # let the images paint
-        text = decision.inner_text()
+        text = page.locator("#decision").inner_text()
+        headline = page.locator("#decision h1").inner_text()
+        sizes = [page.locator(p).bounding_box() for p in ("#seen img", "#gradcam img")]
         if shot:
             page.screenshot(path=shot, full_page=False)
-        browser.close()
+            small_png(Path(shot))
     assert f"P(PNEUMONIA) = {expected.probability:.4f}" in text
-    assert expected.label in text
+    assert headline.strip() == expected.label  # the decision at the threshold, not the argmax
+    assert f"argmax): {expected.label_argmax}" in text
+    assert all(box["width"] >= 300 and box["height"] >= 300 for box in sizes), sizes
     hosts = {
         urlparse(u).hostname
         for u in requests
@@ -136,13 +194,46 @@ def test_the_page_in_a_real_browser_shows_the_answer_and_stays_on_loopback(serve
     assert hosts and hosts <= LOOPBACK, hosts
 
 
-def test_serve_without_gradio_says_which_extra_to_install(real_export, tmp_path):
+def _leftovers(folder: Path, timeout: float = 60) -> list[Path]:
+    """The batch folders left in `folder`, once the last request has had time to finish."""
+    deadline = time.monotonic() + timeout
+    while (left := list(folder.glob("pneumo-serve-*"))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def test_a_batch_request_serves_its_csv_and_leaves_no_folder_behind(server, server_temp, tmp_path):
+    archive = tmp_path / "two.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for n in (1, 2):
+            zf.write(xray(n), f"scans/{xray(n).name}")
+    with browser_page([]) as page:
+        page.goto(server)
+        page.get_by_role("tab", name="Batch").click()
+        page.locator("#batch-files input[type=file]").set_input_files([str(xray()), str(archive)])
+        page.locator(f"#batch-files [aria-label='{archive.name}']").wait_for()  # uploaded
+        page.get_by_role("button", name="Predict all").click()
+        link = page.locator("#batch-csv a[href]").first
+        link.wait_for(timeout=120_000)
+        left = _leftovers(server_temp)
+        response = page.request.get(urljoin(server, link.get_attribute("href")))
+        served = response.text() if response.ok else None
+        page.wait_for_timeout(1000)  # the request has finished: the answer stays on the page
+        still_shown = page.locator("#batch-csv a[href]").count()
+    assert left == []  # the request's folder (CSV, extracted zip) is gone...
+    assert served and still_shown  # ...and Gradio serves its own copy of the CSV
+    table = list(csv.DictReader(io.StringIO(served)))
+    assert sorted(row["file"] for row in table) == sorted(xray(n).name for n in (0, 1, 2))
+    assert all(row["error"] == "" and 0 <= float(row["probability"]) <= 1 for row in table)
+
+
+def test_serve_without_gradio_says_which_extra_to_install(served_export, tmp_path):
     shadow = tmp_path / "shadow"
     shadow.mkdir()
     (shadow / "gradio.py").write_text("raise ImportError('gradio is not installed')\n")
     env = {**os.environ, "PYTHONPATH": f"{shadow}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     result = subprocess.run(
-        [sys.executable, "-m", "pneumo_fastai.cli", "serve", str(real_export)],
+        [sys.executable, "-m", "pneumo_fastai.cli", "serve", str(served_export)],
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert (
