@@ -1,9 +1,10 @@
-"""`pneumo-fastai data download | check | prepare`: fetch, audit and pre-resize the dataset.
+"""`pneumo-fastai data download | check | prepare | holdout | audit`: the dataset's tools.
 
     pneumo-fastai data download --dest data/
     pneumo-fastai data check data/chest_xray --json check.json
     pneumo-fastai data prepare data/chest_xray --size 256
     pneumo-fastai data holdout data/chest_xray --out data/holdout --pct 0.15
+    pneumo-fastai data audit exports/ens.json --out reports/ens-audit
 
 `cli/__init__.py` mounts `data_app` as `data`; a `PneumoError` raised here is printed there,
 without a traceback, with exit code 2. Each command imports its worker only when it runs.
@@ -19,17 +20,18 @@ import typer
 from rich.console import Console
 
 from ..config import URL_ENV, TrainConfig
-from ..errors import DataError
+from ..errors import DataError, PneumoError
 
 data_app = typer.Typer(
-    help="Fetch (download), audit (check), pre-resize (prepare) and split off a patient-disjoint "
-    "test set (holdout) of the chest X-ray dataset.",
+    help="Fetch (download), check, pre-resize (prepare) and split off a patient-disjoint test "
+    "set (holdout) of the chest X-ray dataset, and find likely label errors (audit).",
     no_args_is_help=True,
     add_completion=False,
 )
 
 _D = TrainConfig()
-_SHOWN = 20  # failed files listed by `prepare` before "... and N more"
+_SHOWN = 20  # failed files listed by `prepare` and `audit` before "... and N more"
+_AUDIT_NEEDS = ("cleanlab", "matplotlib", "sklearn")  # what the [audit] extra installs
 
 
 class DataSource(str, Enum):
@@ -162,3 +164,68 @@ def holdout(
         f"{result.root}: train {result.train}, test {result.test} "
         f"({result.test_patients} patients, none of them in train)."
     )
+
+
+@data_app.command()
+def audit(
+    ensemble: Annotated[
+        Path, typer.Argument(help="Card of a --folds ensemble (EXPORTS/NAME.json).")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for label_issues.csv and suspects.png.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dataset folder, if it moved since training (default: the card's data root).",
+            show_default=False,
+        ),
+    ] = None,
+    top: Annotated[
+        int, typer.Option(help="Suspects shown on the contact sheet, worst first.")
+    ] = 24,
+) -> None:
+    """Flag likely label errors with cleanlab on a folds ensemble's out-of-fold predictions."""
+    try:
+        from ..datatools.audit import audit_ensemble
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in _AUDIT_NEEDS:
+            raise
+        raise PneumoError(
+            f"`pneumo-fastai data audit` needs {e.name}, from the optional extra [audit]: "
+            "pip install -e '.[audit]' (or pip install 'pneumo-fastai[audit]')."
+        ) from e
+    from rich.table import Table
+
+    console = Console(soft_wrap=True)  # long paths stay whole, copy-pasteable
+    result = audit_ensemble(ensemble, out, data=data, top=top)
+    oof = result.oof
+    table = Table(title=f"Suspect labels in {oof.name} ({oof.k}-fold out-of-fold, cleanlab)")
+    for column in ("given label", "images", "suspects", "share"):
+        table.add_column(column, justify="left" if column == "given label" else "right")
+    for label, (suspects, n) in result.counts().items():
+        table.add_row(label, f"{n:,}", f"{suspects:,}", f"{suspects / n:.1%}")
+    console.print(table)
+    if oof.task == "subtype":
+        console.print(
+            "Subtype ensemble: audited on NORMAL against PNEUMONIA (BACTERIA and VIRUS both "
+            "PNEUMONIA); bacteria/virus mix-ups are not looked for.",
+            highlight=False,
+        )
+    console.print(f"Every image, worst label first: {result.csv}", highlight=False)
+    console.print(
+        f"Contact sheet of the top {result.shown} suspects: {result.sheet}", highlight=False
+    )
+    console.print(
+        "Once a reader has reviewed them (set suspect to False where the label is right), "
+        f"train without the rest: pneumo-fastai train --exclude {result.csv} ...",
+        highlight=False,
+    )
+    if result.missing:
+        console.print(
+            f"Not found under {oof.root}, {len(result.missing)} of the sheet's images (their "
+            "tiles say missing); pass --data if the dataset moved:",
+            highlight=False,
+        )
+        for name in result.missing[:_SHOWN]:
+            console.print(f"  {name}", markup=False, highlight=False)
+        if len(result.missing) > _SHOWN:
+            console.print(f"  ... and {len(result.missing) - _SHOWN} more")
