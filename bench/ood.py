@@ -30,8 +30,15 @@ from robustness import CORRUPTIONS
 from pneumo_fastai import load_model
 from pneumo_fastai.data.images import load_xray
 from pneumo_fastai.data.layout import list_split
-from pneumo_fastai.inference.ood import conformal_threshold, energy
+from pneumo_fastai.inference.ood import conformal_threshold
 from pneumo_fastai.training.reference import features_and_logits
+
+
+def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Negative free energy, -logsumexp(logits / T) * T: higher means less familiar."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    top = z.max(axis=1, keepdims=True)
+    return -(top[:, 0] + np.log(np.exp(z - top).sum(axis=1))) * temperature
 
 
 def package_images() -> dict[str, Image.Image]:

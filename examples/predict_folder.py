@@ -5,9 +5,9 @@
 1. fastai: `load_learner` on NAME.pkl, then `learn.predict(Path(...))` one file at a time. It gives
    the argmax class; apply the card's threshold yourself. Unpickling runs code from the file, so
    the example checks the pickle's sha256 against the model card first.
-2. pneumo_fastai: `load_model`, which checks the card and loads the weights-only NAME.pth without
-   unpickling, then `predict_batch`: batched, every format `load_xray` reads, the card's threshold
-   applied, and an error row (not an exception) for an unreadable file.
+2. pneumo_fastai: `load_model`, which checks the card and loads the weights-only NAME.safetensors
+   without unpickling, then `predict_batch`: batched, every format `load_xray` reads, the card's
+   threshold applied, and an error row (not an exception) for an unreadable file.
 """
 
 from __future__ import annotations

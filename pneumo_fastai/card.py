@@ -70,6 +70,15 @@ class Architecture(Section):
     frozen: str
 
 
+class Exclusion(Section):
+    """The list of training images `train --exclude` left out."""
+
+    source: str  # the CSV as given
+    sha256: str = Field(pattern=SHA256)  # of the CSV
+    listed: int  # names it lists (its suspects, when it has a `suspect` column)
+    removed: int  # images of the dataset it removed
+
+
 class DataFacts(Section):
     """Which images trained and validated the model."""
 
@@ -84,6 +93,7 @@ class DataFacts(Section):
     train_fingerprint: str
     valid_fingerprint: str
     skipped_files: int
+    excluded: Exclusion | None = None  # `train --exclude`: the list and what it removed
 
 
 class TrainingFacts(Section):
@@ -145,6 +155,26 @@ class DecisionThreshold(Section):
     rule: str
 
 
+class Adaptation(Section):
+    """`pneumo-fastai adapt`: the class shares of a new site, estimated from its unlabelled X-rays.
+
+    Every engine re-weights the calibrated probabilities from `source` to `target` shares
+    (`inference/prior_shift.py`) and decides with `decision_threshold.value` as before.
+    """
+
+    method: str  # how `target` was estimated
+    rule: str  # how probabilities are adapted
+    source: dict[str, float]  # class shares the calibrated probabilities assume
+    target: dict[str, float]  # the new site's estimated class shares
+    interval: dict[str, list[float]]  # per class: [low, high] bootstrap interval of `target`
+    level: float  # of the interval
+    n_images: int  # the site's images the estimate used
+    n_left_out: int  # flagged by the OOD check or unreadable, not used
+    folder: str  # where the site's images were
+    raw_threshold: float | None  # unadapted P(PNEUMONIA) that now decides (binary models)
+    base: dict[str, str]  # the card adapted: its name and sha256
+
+
 class FileEntry(Section):
     name: str  # file name, beside the card
     sha256: str = Field(pattern=SHA256)
@@ -166,6 +196,7 @@ class CardBase(Section):
     versions: dict[str, str]
     files: dict[str, FileEntry]
     onnx: dict[str, Any] | None = None  # `export onnx`: the graph's input spec (files["onnx"])
+    adaptation: Adaptation | None = None  # `adapt`: probabilities re-weighted to a site's mix
 
     def train_config(self) -> TrainConfig:
         """The training configuration recorded in the card."""

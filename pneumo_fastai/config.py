@@ -14,6 +14,9 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 CLASSES: tuple[str, str] = ("NORMAL", "PNEUMONIA")  # the binary task, and the folders
 SUBTYPES: tuple[str, str, str] = ("NORMAL", "BACTERIA", "VIRUS")  # the subtype task
 URL_ENV = "PNEUMO_DATA_URL"  # overrides the dataset download URL (a mirror, a test server)
+# `adapt` needs this many usable X-rays of a site: fewer leave its class shares' bootstrap
+# interval wider than about +-0.1.
+ADAPT_MIN_IMAGES = 100
 Task = Literal["binary", "subtype"]
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -36,6 +39,9 @@ class TrainConfig:
     exports: Path = Path("exports")  # Folder for NAME.pkl, NAME.pth and NAME.json.
     name: str = "pneumo_resnet34"  # Base name of the exported files.
     seed: int = 42  # Seed for the split, sampling, initialisation and augmentation.
+    # Seed of the train/valid split, the folds and --limit's draw alone (default: --seed). The
+    # members of a --seeds ensemble share their first seed's split this way.
+    split_seed: int | None = None
     valid_pct: float = 0.3  # Fraction of train+val held out for validation.
     # Train an ensemble of K members on patient-grouped, class-stratified folds of train+val,
     # each validating on its own fold; the threshold is chosen on the pooled out-of-fold
@@ -119,6 +125,9 @@ class TrainConfig:
     sync_bn: bool | None = None
     device: str = "auto"  # auto, cpu, cuda or cuda:N.
     limit: int | None = None  # Use at most this many images per class (quick runs).
+    # CSV of training images to leave out: a `file` column relative to --data (with a `suspect`
+    # column, as `data audit` writes, only the rows marked true). The card records its sha256.
+    exclude: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # Free-form notes recorded in the card.
 
     def __post_init__(self) -> None:
@@ -158,6 +167,11 @@ class TrainConfig:
             raise ValueError(f"equalize must be none, hist or clahe, got {self.equalize!r}")
 
     @property
+    def splitting_seed(self) -> int:
+        """The seed the split, the folds and the per-class limit are drawn with."""
+        return self.seed if self.split_seed is None else self.split_seed
+
+    @property
     def classes(self) -> tuple[str, ...]:
         """The classes the network predicts, in output order."""
         return SUBTYPES if self.task == "subtype" else CLASSES
@@ -176,7 +190,7 @@ class TrainConfig:
         """Inverse of `to_dict`; unknown keys are ignored so older cards still load."""
         names = {f.name: f for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
-        for key in ("data", "exports", "weights"):
+        for key in ("data", "exports", "weights", "exclude"):
             if kw.get(key) is not None:
                 kw[key] = Path(kw[key])
         return cls(**kw)

@@ -1,21 +1,21 @@
 """ResNet34 body + the custom head, the three parameter groups, and the `Learner`.
 
 Parameter groups are [stem..layer3], [layer4], [head]: "frozen up to layer4" freezes group 0
-only (fastai's own ResNet split would put layer3 with layer4).
+only (fastai's own ResNet split would put layer3 with layer4). The Learner's epoch metrics are
+`evaluation.epoch_metrics`'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
-import sklearn.metrics as skm
 import torch
 import torch.nn.functional as F
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
-from fastai.metrics import AccumMetric, ActivationType, accuracy
 from fastai.optimizer import Adam
 from fastai.torch_core import params
 from fastai.vision.learner import create_vision_model, vision_learner
@@ -23,6 +23,16 @@ from torch import nn
 from torchvision.models import resnet34
 
 from .config import TrainConfig
+from .evaluation.epoch_metrics import (
+    balanced_accuracy,
+    collapsed,
+    f1_pneumonia,
+    learner_metrics,
+    macro_auc,
+    recall_normal,
+    recall_pneumonia,
+    roc_auc,
+)
 from .weights import load_body_weights
 
 RESNET34_FEATURES = 512
@@ -69,92 +79,18 @@ def layer4_splitter(model: nn.Module) -> list:
     return [params(body[:STEM_TO_LAYER3]), params(body[STEM_TO_LAYER3:]), params(head)]
 
 
-def build_model(config: TrainConfig, n_out: int = 2) -> nn.Sequential:
-    """The randomly initialised ResNet34 + head network, as `nn.Sequential(body, head)`."""
-    head = xray_head(
+def build_head(config: TrainConfig, n_out: int = 2) -> nn.Sequential:
+    """`xray_head` with the config's hidden width and dropouts, for `n_out` classes."""
+    return xray_head(
         RESNET34_FEATURES, config.hidden, n_out, config.dropout_in, config.dropout_hidden
     )
-    return create_vision_model(resnet34, n_out, pretrained=False, custom_head=head)
 
 
-def _recall_normal(y_true, y_pred) -> float:
-    return skm.recall_score(y_true, y_pred, pos_label=0, zero_division=0)
-
-
-def _recall_pneumonia(y_true, y_pred) -> float:
-    return skm.recall_score(y_true, y_pred, pos_label=1, zero_division=0)
-
-
-def _f1_pneumonia(y_true, y_pred) -> float:
-    return skm.f1_score(y_true, y_pred, pos_label=1, zero_division=0)
-
-
-def _roc_auc(y_true, y_score) -> float:
-    if len(np.unique(y_true)) < 2:
-        return float("nan")
-    return skm.roc_auc_score(y_true, y_score)
-
-
-def _collapsed(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
-    """Subtype labels as NORMAL (0) vs PNEUMONIA (1): every class but the first is PNEUMONIA."""
-    return (np.asarray(y_true) != 0).astype(int), (np.asarray(y_pred) != 0).astype(int)
-
-
-def _subtype_recall_normal(y_true, y_pred) -> float:
-    return _recall_normal(*_collapsed(y_true, y_pred))
-
-
-def _subtype_recall_pneumonia(y_true, y_pred) -> float:
-    return _recall_pneumonia(*_collapsed(y_true, y_pred))
-
-
-def _subtype_f1_pneumonia(y_true, y_pred) -> float:
-    return _f1_pneumonia(*_collapsed(y_true, y_pred))
-
-
-def _subtype_roc_auc(y_true, probs) -> float:
-    """ROC AUC of P(PNEUMONIA) = 1 - P(NORMAL) against NORMAL vs the rest."""
-    return _roc_auc((np.asarray(y_true) != 0).astype(int), 1 - np.asarray(probs)[:, 0])
-
-
-def _balanced_accuracy(y_true, y_pred) -> float:
-    return skm.balanced_accuracy_score(y_true, y_pred)
-
-
-def _macro_auc(y_true, probs) -> float:
-    """Macro one-vs-rest ROC AUC over the classes (nan unless every class is present)."""
-    probs = np.asarray(probs)
-    if len(np.unique(y_true)) < probs.shape[1]:
-        return float("nan")
-    return skm.roc_auc_score(y_true, probs, multi_class="ovr", average="macro")
-
-
-def learner_metrics(n_classes: int = 2) -> list:
-    """Metrics shown each epoch: accuracy, recall of NORMAL and PNEUMONIA, F1 (PNEUMONIA),
-    ROC AUC of P(PNEUMONIA); with more classes, also balanced accuracy and macro AUC."""
-    argmax = dict(dim_argmax=-1, to_np=True, invert_arg=True)
-    if n_classes == 2:
-        return [
-            accuracy,
-            AccumMetric(_recall_normal, name="recall_normal", **argmax),
-            AccumMetric(_recall_pneumonia, name="recall_pneumonia", **argmax),
-            AccumMetric(_f1_pneumonia, name="f1", **argmax),
-            AccumMetric(
-                _roc_auc, name="roc_auc", activation=ActivationType.BinarySoftmax, **argmax
-            ),
-        ]
-    softmax = dict(
-        activation=ActivationType.Softmax, dim_argmax=-1, to_np=True, invert_arg=True, flatten=False
+def build_model(config: TrainConfig, n_out: int = 2) -> nn.Sequential:
+    """The randomly initialised ResNet34 + head network, as `nn.Sequential(body, head)`."""
+    return create_vision_model(
+        resnet34, n_out, pretrained=False, custom_head=build_head(config, n_out)
     )
-    return [
-        accuracy,
-        AccumMetric(_balanced_accuracy, name="balanced_accuracy", **argmax),
-        AccumMetric(_subtype_recall_normal, name="recall_normal", **argmax),
-        AccumMetric(_subtype_recall_pneumonia, name="recall_pneumonia", **argmax),
-        AccumMetric(_subtype_f1_pneumonia, name="f1", **argmax),
-        AccumMetric(_subtype_roc_auc, name="roc_auc", **softmax),
-        AccumMetric(_macro_auc, name="macro_auc", **softmax),
-    ]
 
 
 class TemperedCrossEntropy(CrossEntropyLossFlat):
@@ -190,15 +126,12 @@ def build_learner(
     opt_func: Callable = Adam,  # fastai optimizer (training passes its fused Adam)
 ) -> Learner:
     """`vision_learner` with the custom head and splitter; frozen up to layer4 when pretrained."""
-    head = xray_head(
-        RESNET34_FEATURES, config.hidden, dls.c, config.dropout_in, config.dropout_hidden
-    )
     learn = vision_learner(
         dls,
         resnet34,
         normalize=False,  # our batch transforms always normalise with ImageNet statistics
         pretrained=False,  # weights come from `imagenet_state`, loaded below
-        custom_head=head,
+        custom_head=build_head(config, dls.c),
         splitter=layer4_splitter,
         loss_func=build_loss(config, class_weight),
         metrics=learner_metrics(dls.c),
@@ -230,3 +163,25 @@ class EnsembleModule(nn.Module):
             for m, t in zip(self.members, self.temperatures, strict=True)
         ]
         return torch.log(torch.stack(probs).mean(dim=0).clamp_min(1e-12))
+
+
+# Exports pickled before the epoch metrics moved to `evaluation.epoch_metrics` name them
+# `pneumo_fastai.model._NAME`; pickle looks them up here (PEP 562), so those exports still load.
+_MOVED_METRICS: dict[str, Callable[..., float]] = {
+    "_recall_normal": recall_normal,
+    "_recall_pneumonia": recall_pneumonia,
+    "_f1_pneumonia": f1_pneumonia,
+    "_roc_auc": roc_auc,
+    "_subtype_recall_normal": collapsed(recall_normal),
+    "_subtype_recall_pneumonia": collapsed(recall_pneumonia),
+    "_subtype_f1_pneumonia": collapsed(f1_pneumonia),
+    "_subtype_roc_auc": collapsed(roc_auc),
+    "_balanced_accuracy": balanced_accuracy,
+    "_macro_auc": macro_auc,
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_METRICS:
+        return _MOVED_METRICS[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,14 +1,20 @@
-"""The road's direction: inference and evaluation never import training; imports stay lazy.
+"""The road's direction: inference and evaluation never import training; lazy imports; no cycles.
 
-Each check runs in a fresh interpreter and reads `sys.modules`, so that nothing this test
-process imported earlier can hide an import.
+The direction checks run in a fresh interpreter and read `sys.modules`, so that nothing this
+test process imported earlier can hide an import. The cycle check reads the source (`ast`), so
+that an import inside a function counts as much as one at the top.
 """
 
+import ast
+import graphlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pneumo_fastai"
 
 
 def _modules_after(statement: str) -> list[str]:
@@ -23,6 +29,7 @@ def _modules_after(statement: str) -> list[str]:
     [
         "pneumo_fastai.inference.loading",
         "pneumo_fastai.inference.predict",
+        "pneumo_fastai.inference.onnx_engine",
         "pneumo_fastai.evaluation.evaluate",
         "pneumo_fastai.evaluation.plots",
         "pneumo_fastai.evaluation.report",
@@ -35,6 +42,15 @@ def test_inference_and_evaluation_do_not_import_training(module):
     assert "accelerate" not in loaded and "fastai.distributed" not in loaded
 
 
+def test_the_onnx_engine_and_what_it_shares_import_neither_torch_nor_fastai():
+    pytest.importorskip("onnxruntime", reason="onnxruntime comes with the [onnx] extra")
+    loaded = _modules_after(
+        "import pneumo_fastai.inference.onnx_engine, pneumo_fastai.inference.members"
+    )
+    assert "pneumo_fastai.inference.ood_check" in loaded
+    assert not {"torch", "fastai", "torchvision"} & set(loaded)
+
+
 def test_load_model_does_not_import_accelerate_or_the_dataset_audit():
     loaded = _modules_after("from pneumo_fastai import load_model")
     assert "pneumo_fastai.inference.predict" in loaded
@@ -45,3 +61,53 @@ def test_load_model_does_not_import_accelerate_or_the_dataset_audit():
 def test_import_pneumo_fastai_is_lazy():
     loaded = _modules_after("import pneumo_fastai, pneumo_fastai.card, pneumo_fastai.data.layout")
     assert not {"torch", "fastai", "numpy"} & set(loaded)
+
+
+def _module_names(root: Path) -> dict[str, tuple[Path, bool]]:
+    """Dotted module name -> (file, whether it is a package's __init__)."""
+    names = {}
+    for file in root.rglob("*.py"):
+        parts = list(file.relative_to(root.parent).with_suffix("").parts)
+        package = parts[-1] == "__init__"
+        names[".".join(parts[:-1] if package else parts)] = (file, package)
+    return names
+
+
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Each module of the package -> the modules of the package its import statements name."""
+    names = _module_names(root)
+    graph = {}
+    for name, (file, package) in names.items():
+        here = name if package else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(file.read_text(), str(file))):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name in names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = here.split(".")[: len(here.split(".")) - node.level + 1]
+                    base = ".".join([*parts, *([node.module] if node.module else [])])
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    targets |= {sub} if sub in names else {base} & names.keys()
+        graph[name] = targets - {name}
+    return graph
+
+
+def test_the_import_graph_sees_relative_absolute_and_function_level_imports():
+    graph = import_graph()
+    assert "pneumo_fastai.inference.classifier" in graph["pneumo_fastai.inference.onnx_engine"]
+    assert "pneumo_fastai.inference.onnx_engine" in graph["pneumo_fastai.inference.predict"]
+    assert "pneumo_fastai.inference.members" in graph["pneumo_fastai.inference.loading"]
+    assert "pneumo_fastai.inference.onnx_export" in graph["pneumo_fastai.training.ensemble"]
+
+
+def test_no_module_of_the_package_imports_itself_back():
+    graph = import_graph()
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as e:
+        pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
+    engine = "pneumo_fastai.inference.onnx_engine"
+    assert "pneumo_fastai.inference.predict" not in graph[engine], "the engines share classifier"

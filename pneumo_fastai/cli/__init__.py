@@ -14,6 +14,7 @@ import warnings
 import typer
 
 from ..errors import PneumoError
+from .adapt import adapt_command
 from .data import data_app
 from .evaluate import evaluate_command, interpret_command
 from .export import export_app
@@ -37,6 +38,7 @@ app.command("predict")(predict_command)
 app.command("evaluate")(evaluate_command)
 app.command("interpret")(interpret_command)
 app.command("serve")(serve_command)
+app.command("adapt")(adapt_command)
 app.add_typer(data_app, name="data")
 app.add_typer(export_app, name="export")
 

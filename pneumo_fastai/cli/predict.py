@@ -56,11 +56,11 @@ def predict_command(
     flagged as unlike the training X-rays), 2 usage error (e.g. a missing model).
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from ..inference.inputs import expand_inputs
     from ..inference.predict import load_model
     from ..inference.results import check_output_path, write_predictions
+    from ..progress import track
     from .render import print_predictions
 
     if out is not None:
@@ -70,25 +70,15 @@ def predict_command(
         model, trust_pickle=trust_pickle, device=device, precision=precision, engine=engine,
         threads=threads,
     )  # fmt: skip
-    progress = Progress(
-        *Progress.get_default_columns()[:1],
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    with progress:
-        task = progress.add_task("Predicting", total=len(files))
-        preds = []
-        for pred in classifier.iter_predictions(files, bs=bs, tta=tta):
-            preds.append(pred)
-            progress.advance(task)
+    preds = list(
+        track(classifier.iter_predictions(files, bs=bs, tta=tta), len(files), "Predicting",
+              stderr=True)
+    )  # fmt: skip
     console = Console()
     if classifier.ood is None:
         console.print(
-            "Note: this export has no OOD check (it predates it): the ood column is empty, "
-            "unknown.",
+            "Note: this export has no OOD check (trained before it existed, or with --no-ood): "
+            "the ood column is empty, unknown.",
             style="yellow",
         )
     if ood_policy == "skip":

@@ -141,7 +141,7 @@ def xray_datablock(
         item_tfms=random_crops(config),
         splitter=SeededSplitter(
             config.valid_pct,
-            config.seed,
+            config.splitting_seed,
             config.split,
             config.folds,
             config.fold or 0,

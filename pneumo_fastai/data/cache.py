@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from fastprogress.fastprogress import progress_bar
 from PIL import Image
 
 from ..fileio import worker_count
+from ..progress import track
 from .images import load_xray
 from .preprocess import Preprocessing
 
@@ -58,6 +58,5 @@ def fill_cache(
     threads = threads or max(1, worker_count(beside_compute=False))
     with ThreadPoolExecutor(threads) as pool:
         images = pool.map(lambda f: decode_prepared(f, prep), files)
-        if progress:
-            images = progress_bar(images, total=len(files))
-        return {str(f): img for f, img in zip(files, images, strict=True)}
+        shown = track(images, len(files), "Caching decoded images in RAM", enabled=progress)
+        return {str(f): img for f, img in zip(files, shown, strict=True)}

@@ -1,6 +1,6 @@
 """Open any chest X-ray file as an 8-bit grayscale PIL image.
 
-    from pneumo_fastai.images import load_xray
+    from pneumo_fastai.data.images import load_xray
     img = load_xray("scan.dcm", draft=448)  # mode "L"; short side >= 448 px if it was larger
 
 Hospitals send JPEG, PNG and TIFF (8- or 16-bit; gray, RGB, RGBA, LA or palette) and DICOM.
@@ -55,10 +55,10 @@ from pydicom.pixels import (
     get_decoder,
     pixel_array,
 )
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import DataError
 from ..fileio import worker_count
+from ..progress import track
 from .formats import DICOM_SUFFIXES
 
 _PIL_FORMATS = ("JPEG", "PNG", "TIFF")  # PIL opens nothing else (no EPS, no exotic plugins)
@@ -380,17 +380,9 @@ def check_images(
     decoded image does not hold every image in memory at once.
     """
     label = what or ("Decoding" if decode else "Reading headers")
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    kept = []
-    with (
-        Progress(*columns, disable=not progress, transient=True) as bar,
-        ThreadPoolExecutor(max(1, worker_count(beside_compute=False))) as pool,
-    ):
-        task = bar.add_task(label, total=len(paths))
-        for value in pool.map(lambda p: keep(check_image(p, decode, draft)), paths):
-            kept.append(value)
-            bar.advance(task)
-    return kept
+    with ThreadPoolExecutor(max(1, worker_count(beside_compute=False))) as pool:
+        values = pool.map(lambda p: keep(check_image(p, decode, draft)), paths)
+        return list(track(values, len(paths), label, enabled=progress))
 
 
 def find_unreadable(paths: Sequence[Path]) -> list[tuple[Path, str]]:

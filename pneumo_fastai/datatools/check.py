@@ -1,7 +1,7 @@
 """Audit a chest X-ray folder before training: layout, counts, bad files, duplicates, leakage.
 
     pneumo-fastai data check data/chest_xray --json check.json
-    from pneumo_fastai.dataset_check import check_dataset
+    from pneumo_fastai.datatools.check import check_dataset
     report = check_dataset("data/chest_xray", quick=True)  # quick: headers only, no pixel hashing
     if report.problems: ...  # training would be unsound; report.warnings are worth reading
 

@@ -1,7 +1,7 @@
 """Fetch the Kermany et al. chest X-ray release and install it in the Kaggle layout.
 
     pneumo-fastai data download --dest data/
-    from pneumo_fastai.download import download_dataset
+    from pneumo_fastai.datatools.download import download_dataset
     result = download_dataset("data")  # -> data/chest_xray/{train,test}/{NORMAL,PNEUMONIA}
 
 The archive is streamed into `ChestXRay2017.zip.part` (resumed with an HTTP Range request after

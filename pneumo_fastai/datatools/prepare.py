@@ -1,7 +1,7 @@
 """Make a pre-resized copy of a dataset: shorter side to N px, aspect and Kaggle layout kept.
 
     pneumo-fastai data prepare data/chest_xray --size 256 --out data/chest_xray_256
-    from pneumo_fastai.prepare import prepare_dataset
+    from pneumo_fastai.datatools.prepare import prepare_dataset
     stats = prepare_dataset("data/chest_xray", size=256)  # stats.converted, .skipped, .failed
 
 Every image goes through `load_xray` (8-bit grayscale, JPEG draft decoding at the target size),
@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..data.images import load_xray
 from ..data.layout import list_split, present_splits, resolve_root
 from ..errors import DataError
 from ..fileio import atomic_path, worker_count, write_text_atomic
+from ..progress import track
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "prepare.json"
@@ -179,20 +179,13 @@ def _write_manifest(path: Path, records: list[dict[str, Any]]) -> None:
 def _run(todo: list[Task], workers: int | None, progress: bool) -> Iterator[dict[str, Any]]:
     """Results of `_prepare_one` over `todo`, in a process pool when there is more than one."""
     workers = max(1, worker_count(beside_compute=False)) if workers is None else workers
-    columns = (TextColumn("Resizing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("Resizing", total=len(todo))
-        if workers <= 1 or len(todo) < 2:
-            results = map(_prepare_one, todo)
-            for result in results:
-                bar.advance(task)
-                yield result
-            return
-        chunksize = max(1, min(32, len(todo) // (workers * 8)))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(_prepare_one, todo, chunksize=chunksize):
-                bar.advance(task)
-                yield result
+    if workers <= 1 or len(todo) < 2:
+        yield from track(map(_prepare_one, todo), len(todo), "Resizing", progress, transient=False)
+        return
+    chunksize = max(1, min(32, len(todo) // (workers * 8)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(_prepare_one, todo, chunksize=chunksize)
+        yield from track(results, len(todo), "Resizing", progress, transient=False)
 
 
 def _prepare_one(task: Task) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
     pneumo-fastai evaluate exports/pneumo_resnet34.json --data data/chest_xray
 
-    from pneumo_fastai.evaluate import evaluate
+    from pneumo_fastai.evaluation.evaluate import evaluate
     ev = evaluate("exports/pneumo_resnet34.json", data="data/chest_xray")
     ev.summaries["plain"]["card"]["metrics"]["sensitivity"]  # {"value", "ci_low", "ci_high"}
 
@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 from fastai.data.core import TfmdDL
 from fastai.torch_core import set_seed
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.metrics import classification_report
 
 from ..card import verify_file
@@ -42,6 +41,7 @@ from ..errors import DataError, ModelFileError, PneumoError
 from ..fileio import sha256_file
 from ..inference.loading import ExportedModel, load_export
 from ..inference.predict import XrayClassifier
+from ..progress import track
 from .metrics import choose_threshold, multiclass_summary, summarize
 
 REPORTS = Path("reports")  # default parent of the report folder reports/NAME/
@@ -207,14 +207,8 @@ def _predict_all(
 ) -> list:
     """Every file's `Prediction`, with a progress bar."""
     what = "Predicting (TTA)" if tta else "Predicting"
-    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    preds = []
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task(what, total=len(files))
-        for pred in classifier.iter_predictions(files, bs=bs, tta=tta):
-            preds.append(pred)
-            bar.advance(task)
-    return preds
+    preds = classifier.iter_predictions(files, bs=bs, tta=tta)
+    return list(track(preds, len(files), what, enabled=progress))
 
 
 def read_valid_predictions(exported: ExportedModel) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from fastai.callback.hook import Hooks
 from torch import nn
 
 from ..model import EnsembleModule
@@ -29,13 +30,10 @@ def pooled_layers(model: nn.Module) -> list[nn.Module]:
 @contextmanager
 def capture(layers: list[nn.Module], into: list[list[torch.Tensor]]) -> Iterator[None]:
     """Append each layer's output (detached, fp32, on the CPU) to `into[i]` while active."""
+    kept = dict(zip(layers, into, strict=True))
 
-    def keep(i: int):
-        return lambda module, inputs, output: into[i].append(output.detach().float().cpu())
+    def keep(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        kept[module].append(output.float())
 
-    hooks = [layer.register_forward_hook(keep(i)) for i, layer in enumerate(layers)]
-    try:
+    with Hooks(layers, keep, detach=True, cpu=True):  # fastai detaches and moves to the CPU
         yield
-    finally:
-        for hook in hooks:
-            hook.remove()

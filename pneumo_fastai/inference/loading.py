@@ -40,9 +40,10 @@ from ..data.names import label_fn
 from ..data.preprocess import preprocessing
 from ..device import ComputePlan, autocast, resolve_compute, resolve_device
 from ..errors import ModelFileError
-from ..fileio import sha256_file, worker_count
+from ..fileio import worker_count
 from ..model import EnsembleModule, build_loss, build_model
 from .features import capture, pooled_layers
+from .members import member_cards
 
 
 def _all_in_both(items: Sequence[Any]) -> tuple[list[int], list[int]]:
@@ -195,25 +196,6 @@ def _load_single(
         raise ModelFileError(f"{weights} does not fit the architecture in its card ({e}).") from e
     empty = DataLoaders(device=dev)
     return Learner(empty, model.to(dev), loss_func=build_loss(config, temperature=card.temperature))
-
-
-def member_cards(card: EnsembleCard, card_path: Path) -> list[tuple[ModelCard, Path]]:
-    """Each member's card and its path, after checking it against the ensemble card's sha256."""
-    out = []
-    for member in card.members:
-        path = card_path.parent / member.card
-        if not path.is_file():
-            raise ModelFileError(f"Member {member.name} of {card_path} is missing ({path}).")
-        if sha256_file(path) != member.sha256:
-            raise ModelFileError(
-                f"Member {member.name} of {card_path} does not match the ensemble card "
-                f"({path} was modified or replaced). Refusing to load it."
-            )
-        member_card = read_card(path)
-        if not isinstance(member_card, ModelCard):
-            raise ModelFileError(f"Member {member.name} of {card_path} is not a single model.")
-        out.append((member_card, path))
-    return out
 
 
 def _load_ensemble(

@@ -19,16 +19,16 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from ..card import card_path_of, read_card, verify_file
+from ..card import Card, card_path_of, read_card, verify_file
 from ..data.preprocess import Preprocessing, prep_of
 from ..errors import ModelFileError, PneumoError
-from .predict import Classifier
+from .classifier import Classifier
 
 
 class OnnxClassifier(Classifier):
     """The onnxruntime engine: the card's preprocessing in numpy, the rest in the graph."""
 
-    def __init__(self, card, card_path: Path, session: ort.InferenceSession):
+    def __init__(self, card: Card, card_path: Path, session: ort.InferenceSession):
         super().__init__(card, card_path, card.input.size)
         self.session = session
         self.prep = Preprocessing(**prep_of(card.input))

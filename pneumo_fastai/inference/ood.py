@@ -6,13 +6,14 @@ Two layers, both cheap:
    from a chest radiograph's (both the 224 x 224 copies of Kermany's set and 1000-3000 px
    originals pass), a nearly constant image. A grayscale photo passes these; the next layer is
    for it.
-2. A feature check (`OodDetector`): the Mahalanobis distance (Lee et al., NeurIPS 2018) of the
-   network's pooled layer4 features to the nearest class mean, under one covariance shared by
-   the classes (Ledoit-Wolf shrinkage), all fitted on the training split. The threshold is the
-   (n+1) conformal quantile of the validation scores at 1 - alpha (default: 2 % of validation
-   images flagged), never below the same quantile of the training scores, so that a small
-   validation set does not over-flag. `energy` (the free energy of the logits, Liu et al. 2020)
-   is the measured alternative (bench/ood.py).
+2. A feature check (`GaussianStats`, applied by `ood_check.OodCheck`): the Mahalanobis distance
+   (Lee et al., NeurIPS 2018) of the network's pooled layer4 features to the nearest class
+   mean, under one covariance shared by the classes (Ledoit-Wolf shrinkage), all fitted on the
+   training split. The threshold is the (n+1) conformal quantile of the validation scores at
+   1 - alpha (default: 2 % of validation images flagged), never below the same quantile of the
+   training scores, so that a small validation set does not over-flag. An ensemble combines its
+   members' scores (`ood_check.combined_score`). The energy score of the logits (Liu et al.
+   2020) is the measured alternative (bench/ood.py).
 
 A flagged image keeps its probability but is marked, so that no one reads it as a diagnosis.
 Nothing here imports torch: the ONNX engine uses it as the torch engine does.
@@ -64,19 +65,16 @@ def input_problem(gray: Image.Image, raw: Image.Image | None = None) -> str | No
     return None
 
 
-def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Negative free energy, -logsumexp(logits / T) * T: higher means less familiar."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    top = z.max(axis=1, keepdims=True)
-    return -(top[:, 0] + np.log(np.exp(z - top).sum(axis=1))) * temperature
+def conformal_quantile(scores: np.ndarray, alpha: float = ALPHA) -> float:
+    """The ceil((n+1)(1 - alpha))-th smallest of n scores (the largest, when n is small)."""
+    scores = np.sort(np.asarray(scores, dtype=np.float64))
+    rank = math.ceil((len(scores) + 1) * (1 - alpha))
+    return float(scores[min(rank, len(scores)) - 1])
 
 
 def conformal_threshold(valid: np.ndarray, train: np.ndarray, alpha: float = ALPHA) -> float:
-    """The ceil((n+1)(1 - alpha))-th smallest validation score, floored by train's quantile."""
-    valid = np.sort(np.asarray(valid, dtype=np.float64))
-    rank = math.ceil((len(valid) + 1) * (1 - alpha))
-    upper = valid[min(rank, len(valid)) - 1]
-    return float(max(upper, np.quantile(train, 1 - alpha)))
+    """`conformal_quantile` of the validation scores, floored by train's 1 - alpha quantile."""
+    return float(max(conformal_quantile(valid, alpha), np.quantile(train, 1 - alpha)))
 
 
 @dataclass(frozen=True)

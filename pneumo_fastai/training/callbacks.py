@@ -7,13 +7,15 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import AMPMode, MixedPrecision
+from fastai.callback.hook import hook_output
+from fastai.callback.progress import CSVLogger
 from fastai.callback.tracker import SaveModelCallback
 from fastcore.foundation import L
 from torch import nn
@@ -60,20 +62,19 @@ class BestEpochPredictions(Callback):
         self.batch_preds: list[torch.Tensor] = []
         self.batch_targs: list[torch.Tensor] = []
         self.batch_feats: list[torch.Tensor] = []
-        if self.pooled is not None:
-            self.hook = self.pooled.register_forward_hook(self._keep_features)
-
-    def _keep_features(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        self.batch_feats.append(self.learn.to_detach(output).float())
+        # the learner detaches (and gathers, across processes) what the hook stored, as `pred`
+        self.hook = None if self.pooled is None else hook_output(self.pooled, detach=False)
 
     def after_validate(self) -> None:
-        if self.pooled is not None:
+        if self.hook is not None:
             self.hook.remove()
 
     def after_batch(self) -> None:
         if not self.training:
             self.batch_preds.append(self.learn.to_detach(self.pred).float())
             self.batch_targs.append(self.learn.to_detach(self.yb[0]))
+            if self.hook is not None:
+                self.batch_feats.append(self.learn.to_detach(self.hook.stored).float())
 
     def after_epoch(self) -> None:
         if self.best.new_best:
@@ -120,6 +121,30 @@ class PlainTensorInputs(Callback):
     def before_batch(self) -> None:
         self.learn.xb = tuple(x.as_subclass(torch.Tensor) for x in self.xb)
         self.learn.yb = tuple(y.as_subclass(torch.Tensor) for y in self.yb)
+
+
+class EpochLog(Callback):
+    """fastai's epoch table as plain lines through `log`, where no progress bar is shown.
+
+    On a terminal fastai's `ProgressCallback` draws bars and the table; in a log file its bars
+    would write a line per batch. This writes the header once, then one line per epoch.
+    """
+
+    order = CSVLogger.order - 1  # sets the logger that fastai's CSVLogger then chains to
+
+    def __init__(self, log: Callable[[str], None]):  # where each line goes
+        self.log = log
+
+    def before_fit(self) -> None:
+        self.widths = [max(len(name), 8) for name in self.recorder.metric_names]
+        self.log(self._row(self.recorder.metric_names))
+        self.learn.logger = self._write
+
+    def _write(self, values: list) -> None:
+        self.log(self._row([f"{v:.4f}" if isinstance(v, float) else str(v) for v in values]))
+
+    def _row(self, cells: list) -> str:
+        return "  ".join(str(c).rjust(w) for c, w in zip(cells, self.widths, strict=False))
 
 
 class GracefulStop(Callback):

@@ -11,9 +11,24 @@ and files, and the decision threshold chosen on
 - folds: the pooled out-of-fold predictions (every training image predicted, calibrated, by
   the member that never saw it), applied to the mean of the members at inference;
 - seeds: the mean of the members' predictions on their shared validation split.
-`NAME.valid.csv` beside it holds those pooled predictions. A member whose export is complete
-and was trained with the same recipe is not retrained, so an interrupted run picks up where it
-stopped; `members=[i]` re-runs member i alone.
+`NAME.valid.csv` beside it holds those pooled predictions.
+
+The ensemble's OOD check (when its members have one) scores an image by `combined_score`: the
+mean over members of each one's Mahalanobis score divided by that member's own threshold, since
+each member's scores have their own distribution (its features, its training images, its
+shrinkage). Its threshold is the (n+1) conformal quantile at 1 - alpha of held-out scores:
+- seeds: of every shared-validation image's combined score; no member trained on those images,
+  so this is exactly the score inference computes;
+- folds: of each image's score under the one member that did not train on it, divided by that
+  member's threshold. It is the only held-out score an image has (under the other members it is
+  in-sample, so a mean over them would be biased low and the threshold would over-flag); each
+  member's ratio on unseen images is calibrated on its own held-out fold, and the mean of the K
+  ratios crosses a quantile of one ratio about as often when the members agree, and less often
+  when they disagree (averaging narrows the tail).
+The `ood_score` column of `NAME.valid.csv` holds those held-out scores.
+
+A member whose export is complete and was trained with the same recipe is not retrained, so an
+interrupted run picks up where it stopped; `members=[i]` re-runs member i alone.
 """
 
 from __future__ import annotations
@@ -41,7 +56,8 @@ from ..data.layout import class_counts, fingerprint
 from ..errors import Interrupted, ModelFileError, PneumoError
 from ..evaluation.metrics import binary_metrics, choose_threshold, nan_to_none
 from ..fileio import sha256_file, staged_files
-from ..inference.ood import conformal_threshold
+from ..inference.ood import conformal_quantile
+from ..inference.ood_check import COMBINED, combined_score
 from .export import THRESHOLD_RULE, write_valid_csv
 from .train import train
 
@@ -52,6 +68,7 @@ RUNTIME_FIELDS = frozenset(
     {"data", "exports", "name", "num_workers", "cache", "device", "precision", "channels_last",
      "sync_bn", "onnx"}
 )  # fmt: skip
+Row = tuple  # (file, label, P(PNEUMONIA)[, OOD score]): a row of NAME.valid.csv
 COMBINE = "mean of the members' probabilities, each softmax(logits / member temperature)"
 
 
@@ -80,9 +97,12 @@ def member_configs(config: TrainConfig) -> list[TrainConfig]:
         ]
     seeds = range(config.seed, config.seed + config.seeds)
     return [
-        config.replace(exports=folder, name=f"{config.name}-seed{s}", seed=s, seeds=0, onnx=False)
+        config.replace(
+            exports=folder, name=f"{config.name}-seed{s}", seed=s, seeds=0, onnx=False,
+            split_seed=config.splitting_seed,
+        )
         for s in seeds
-    ]
+    ]  # fmt: skip
 
 
 def _recipe(config: dict[str, Any]) -> dict[str, Any]:
@@ -105,31 +125,58 @@ def finished_member(config: TrainConfig) -> ModelCard | None:
     return card
 
 
-def _read_valid(card_path: Path) -> list[tuple[str, str, float]]:
+def _read_valid(card_path: Path) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray | None]:
+    """A member's validation predictions: (file, label)s, P(PNEUMONIA)s, OOD scores (or None)."""
     with open(card_path.with_suffix(".valid.csv"), newline="") as f:
-        return [(r["file"], r["label"], float(r["probability"])) for r in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    p = np.array([float(r["probability"]) for r in rows])
+    scored = bool(rows) and rows[0].get("ood_score") not in (None, "")
+    ood = np.array([float(r["ood_score"]) for r in rows]) if scored else None
+    return [(r["file"], r["label"]) for r in rows], p, ood
 
 
-def pooled_predictions(method: str, cards: Sequence[Path]) -> list[tuple[str, str, float]]:
-    """(file, label, probability) the threshold is chosen on (see the module docstring)."""
+def ood_scales(cards: Sequence[ModelCard]) -> list[float] | None:
+    """The members' OOD thresholds, which `combined_score` divides by; None unless all have one."""
+    if any(card.ood is None for card in cards):
+        return None
+    return [card.ood.threshold for card in cards]
+
+
+def _rows(keys: Sequence[tuple[str, str]], *columns: np.ndarray) -> list[Row]:
+    """(file, label, *values) rows from keys and columns of values (as Python floats)."""
+    values = zip(*(c.tolist() for c in columns), strict=True)
+    return [(*key, *v) for key, v in zip(keys, values, strict=True)]
+
+
+def pooled_predictions(
+    method: str,  # folds or seeds
+    cards: Sequence[Path],  # the members' cards, beside their NAME.valid.csv
+    scales: Sequence[float] | None = None,  # `ood_scales`: also pool the OOD scores
+) -> list[Row]:
+    """(file, label, probability[, OOD score]) the thresholds are chosen on (module docstring)."""
     tables = [_read_valid(c) for c in cards]
+    if scales is not None and any(ood is None for *_, ood in tables):
+        raise PneumoError("A member's valid.csv has no ood_score column: retrain that member.")
     if method == "folds":
-        rows = [row for table in tables for row in table]
+        rows = []
+        for i, (keys, p, ood) in enumerate(tables):
+            held_out = [] if scales is None else [combined_score([ood], [scales[i]])]
+            rows += _rows(keys, p, *held_out)
         files = [r[0] for r in rows]
         if len(set(files)) != len(files):
             raise PneumoError("The folds' validation sets overlap: an image is out of fold twice.")
         return sorted(rows)
-    order = [r[0] for r in tables[0]]
-    for table in tables[1:]:
-        if [r[0] for r in table] != order:
-            raise PneumoError("The seed members were validated on different images.")
-    mean = np.mean([[r[2] for r in table] for table in tables], axis=0)
-    return [(f, label, float(p)) for (f, label, _), p in zip(tables[0], mean, strict=True)]
+    keys = tables[0][0]
+    if any(table[0] != keys for table in tables[1:]):
+        raise PneumoError("The seed members were validated on different images.")
+    mean = np.mean([p for _, p, _ in tables], axis=0)
+    combined = [] if scales is None else [combined_score([o for *_, o in tables], scales)]
+    return _rows(keys, mean, *combined)
 
 
 def build_ensemble_card(
     config: TrainConfig, member_cards: Sequence[ModelCard], member_paths: Sequence[Path],
-    card_path: Path, pooled: Sequence[tuple[str, str, float]],
+    card_path: Path, pooled: Sequence[Row],
 ) -> dict[str, Any]:  # fmt: skip
     """The ensemble card's fields (the `files` section is added when writing)."""
     method = "folds" if config.folds else "seeds"
@@ -196,29 +243,41 @@ def build_ensemble_card(
             ),
         },
         "versions": library_versions(),
-        **({"ood": ensemble_ood(member_cards, pooled)} if len(pooled[0]) > 3 else {}),
+        "ood": ensemble_ood(member_cards, method, pooled),
     }
 
 
-def ensemble_ood(member_cards: Sequence[ModelCard], pooled: Sequence[tuple]) -> dict[str, Any]:
-    """The ensemble's OOD record: the members' mean score, thresholded on the pooled scores."""
+def ensemble_ood(
+    member_cards: Sequence[ModelCard], method: str, pooled: Sequence[Row]
+) -> dict[str, Any] | None:
+    """The ensemble's OOD record: a threshold on `combined_score` (see the module docstring)."""
+    if ood_scales(member_cards) is None:
+        return None
     scores = np.array([row[3] for row in pooled])
     first = member_cards[0].ood
-    threshold = conformal_threshold(scores, scores, first.alpha)
+    threshold = conformal_quantile(scores, first.alpha)
+    held_out = (
+        "the pooled out-of-fold scores (each image's score under the member that did not train "
+        "on it, divided by that member's threshold)"
+        if method == "folds"
+        else "the members' combined scores of the images of their shared validation split"
+    )
     return {
-        "method": f"mean of the members' {first.method} scores",
+        "method": first.method,
+        "combine": COMBINED,
         "features": first.features,
         "alpha": first.alpha,
         "threshold": threshold,
-        "threshold_rule": "(n+1) conformal quantile at 1 - alpha of the pooled validation scores "
-        "(folds: each image scored by the member that did not train on it)",
+        "threshold_rule": f"(n+1) conformal quantile at 1 - alpha of {held_out}; applied to the "
+        "combined score",
         "n_train": sum(c.ood.n_train for c in member_cards),
+        "n_train_members": [c.ood.n_train for c in member_cards],
         "n_valid": len(scores),
         "valid_flagged": float((scores > threshold).mean()),
     }
 
 
-def write_ensemble(card_path: Path, fields: dict[str, Any], pooled) -> EnsembleCard:
+def write_ensemble(card_path: Path, fields: dict[str, Any], pooled: Sequence[Row]) -> EnsembleCard:
     """Write the pooled predictions and the ensemble card, atomically."""
     valid_path = card_path.with_suffix(".valid.csv")
     with staged_files(card_path.parent, [valid_path, card_path]) as (valid, card_tmp):
@@ -262,7 +321,7 @@ def train_ensemble(
         cards.append(result.card)
     paths = [ExportPaths.for_name(c.exports, c.name).card for c in configs]
     card_path = ExportPaths.for_name(config.exports, config.name).card
-    pooled = pooled_predictions("folds" if config.folds else "seeds", paths)
+    pooled = pooled_predictions("folds" if config.folds else "seeds", paths, ood_scales(cards))
     fields = build_ensemble_card(config, cards, paths, card_path, pooled)
     card = write_ensemble(card_path, fields, pooled)
     if config.onnx:

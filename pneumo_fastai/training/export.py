@@ -21,7 +21,8 @@ from fastai.learner import Learner
 from ..card import CARD_SCHEMA_VERSION, ExportPaths, ModelCard, library_versions, parse_card
 from ..config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, TrainConfig
 from ..data.block import uses_cache
-from ..data.layout import DatasetFiles, class_counts, fingerprint
+from ..data.exclude import read_exclusions
+from ..data.layout import DatasetFiles, class_counts, fingerprint, relative_name
 from ..data.names import label_fn
 from ..data.preprocess import preprocessing
 from ..device import ComputePlan
@@ -84,7 +85,7 @@ def build_card(done: FinishedRun) -> dict[str, Any]:
         "data": {
             "root": str(ds.root.resolve()),
             "split_mode": config.split,
-            "seed": config.seed,
+            "seed": config.splitting_seed,
             "valid_pct": config.valid_pct,
             "n_train": len(train_files),
             "n_valid": len(valid_files),
@@ -93,6 +94,7 @@ def build_card(done: FinishedRun) -> dict[str, Any]:
             "train_fingerprint": fingerprint(train_files, ds.root),
             "valid_fingerprint": fingerprint(valid_files, ds.root),
             "skipped_files": len(ds.skipped),
+            "excluded": _excluded(config, ds, train_files + valid_files),
         },
         "training": {
             "device": str(learn.dls.device),
@@ -125,6 +127,20 @@ def build_card(done: FinishedRun) -> dict[str, Any]:
             "rule": THRESHOLD_RULE,
         },
         "versions": library_versions(),
+    }
+
+
+def _excluded(config: TrainConfig, ds: DatasetFiles, used: list[Path]) -> dict[str, Any] | None:
+    """The card's record of `--exclude`: the list, its sha256, and the images it removed."""
+    if config.exclude is None:
+        return None
+    listed = read_exclusions(config.exclude)
+    present = {relative_name(f, ds.root) for f in ds.files} & listed.files
+    return {
+        "source": str(config.exclude),
+        "sha256": listed.sha256,
+        "listed": len(listed.files),
+        "removed": len(present - {relative_name(f, ds.root) for f in used}),
     }
 
 

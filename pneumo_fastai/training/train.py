@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from ..card import ExportPaths, ModelCard, read_card
 from ..config import TrainConfig
 from ..data.block import build_dataloaders
+from ..data.exclude import Exclusions, read_exclusions
 from ..data.layout import TRAIN_SPLITS, DatasetFiles, discover, relative_name
 from ..data.names import label_fn, subtype_of
 from ..data.split import limit_per_class
@@ -44,10 +45,12 @@ from ..evaluation.metrics import (
 )
 from ..inference.features import pooled_layers
 from ..model import build_learner
+from ..progress import interactive
 from ..weights import imagenet_state_dict
 from .callbacks import (
     BestEpochPredictions,
     DeviceMixedPrecision,
+    EpochLog,
     GracefulStop,
     PlainTensorInputs,
     ProgressiveResize,
@@ -120,7 +123,11 @@ def training_files(config: TrainConfig, log: Log) -> tuple[DatasetFiles, list[Pa
     if config.data is None:
         raise DataError("No dataset given: pass --data PATH or set PNEUMO_DATA.")
     report = check_dataset(
-        config.data, quick=True, seed=config.seed, valid_pct=config.valid_pct, split=config.split
+        config.data,
+        quick=True,
+        seed=config.splitting_seed,
+        valid_pct=config.valid_pct,
+        split=config.split,
     )
     if report.problems:
         raise DataError(" ".join(report.problems) + _SEE_CHECK)
@@ -150,9 +157,24 @@ def training_files(config: TrainConfig, log: Log) -> tuple[DatasetFiles, list[Pa
                 f"nor virus (never guessed): {shown}"
             )
             files = [f for f in files if subtype_of(f) is not None]
+    if config.exclude is not None:
+        files = _without_excluded(files, ds, read_exclusions(config.exclude), log)
     if config.limit is not None:
-        files = limit_per_class(files, config.limit, config.seed)
+        files = limit_per_class(files, config.limit, config.splitting_seed)
     return ds, files
+
+
+def _without_excluded(
+    files: list[Path], ds: DatasetFiles, listed: Exclusions, log: Log
+) -> list[Path]:
+    kept = [f for f in files if relative_name(f, ds.root) not in listed.files]
+    unknown = len(listed.files) - (len(files) - len(kept))
+    log(
+        f"Leaving out {len(files) - len(kept)} training image(s) listed in {listed.path}"
+        + (f" ({unknown} listed name(s) are not in {ds.root})" if unknown else "")
+        + "."
+    )
+    return kept
 
 
 def validation_figures(
@@ -233,8 +255,8 @@ def _build(config: TrainConfig, files: Sequence[Path], ds: DatasetFiles, progres
     weighted = config.class_weighted_loss
     loss_weight = class_weights(train_labels(dls), dls.c) if weighted else None
     learn = build_learner(dls, config, imagenet, loss_weight, opt_func=FusedAdam)
-    if not progress:
-        learn.remove_cb(ProgressCallback)
+    if not (progress and interactive()):
+        learn.remove_cb(ProgressCallback)  # `EpochLog` writes the epoch table instead
     return Built(ds, device, learn)
 
 
@@ -257,7 +279,7 @@ def _fit(
         plan = run.share(main)
     log(
         f"Training on {len(learn.dls.train_ds)} images, validating on {len(learn.dls.valid_ds)} "
-        f"({config.split} split, seed {config.seed}) on {built.device}, {plan.precision}"
+        f"({config.split} split, seed {config.splitting_seed}) on {built.device}, {plan.precision}"
         f"{', channels-last' if plan.channels_last else ''} ({plan.reason})."
     )
     learn.path, learn.model_dir = run.work, "."
@@ -270,6 +292,7 @@ def _fit(
         best,
         kept,
         *([CSVLogger(fname=run.work / "history.csv")] if run.is_main else []),
+        *([] if any(isinstance(cb, ProgressCallback) for cb in learn.cbs) else [EpochLog(log)]),
         stopper,
         *([balance] if balance else []),
         *recipe_callbacks(config),

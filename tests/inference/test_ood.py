@@ -10,7 +10,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pneumo_fastai.cli import app
-from pneumo_fastai.inference.ood import conformal_threshold, input_problem
+from pneumo_fastai.inference.ood import (
+    GaussianStats,
+    conformal_quantile,
+    conformal_threshold,
+    input_problem,
+)
+from pneumo_fastai.inference.ood_check import OodCheck, combined_score
 from pneumo_fastai.inference.predict import load_model
 
 from ..conftest import SHARED_DATA, one_torch_thread
@@ -47,9 +53,22 @@ def test_the_conformal_threshold_flags_about_alpha_and_never_below_the_floor():
     assert 0.01 <= (valid > t).mean() <= 0.03
     tiny = conformal_threshold(valid[:10], train, 0.02)
     assert tiny == valid[:10].max(), "(n+1) quantile of a small set: its largest value"
+    assert conformal_quantile(valid, 0.02) == np.sort(valid)[981 - 1], "ceil(1001 * 0.98) = 981"
     assert conformal_threshold(valid, train + 10, 0.02) == pytest.approx(
         np.quantile(train + 10, 0.98)
     )
+
+
+def test_an_ensemble_scores_each_member_on_its_own_threshold_s_scale():
+    rng = np.random.default_rng(0)
+    raw = [np.array([10.0, 40.0]), np.array([300.0, 100.0])]
+    np.testing.assert_allclose(combined_score(raw, [20.0, 200.0]), [1.0, 1.25])
+    np.testing.assert_array_equal(combined_score(raw[:1], [1.0]), raw[0])  # a single model's
+    stats = [GaussianStats(rng.normal(size=(2, 4)), np.eye(4) * k) for k in (1.0, 50.0)]
+    features = [rng.normal(size=(5, 4)) for _ in stats]
+    check = OodCheck(stats, [2.0, 100.0], threshold=1.0)
+    expected = (stats[0].scores(features[0]) / 2 + stats[1].scores(features[1]) / 100) / 2
+    np.testing.assert_allclose(check.scores(features), expected)
 
 
 @pytest.mark.shared_data

@@ -1,4 +1,4 @@
-"""`predict.py` and `pneumo-fastai predict` on a tiny export trained once on synthetic X-rays."""
+"""`predict.py`, `classifier.py` and `pneumo-fastai predict` on a tiny synthetic-X-ray export."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pneumo_fastai
 from pneumo_fastai.cli import app, main
 from pneumo_fastai.config import TrainConfig
 from pneumo_fastai.errors import DataError, ModelFileError
-from pneumo_fastai.inference import predict
+from pneumo_fastai.inference import classifier
 from pneumo_fastai.inference.inputs import expand_inputs
 from pneumo_fastai.inference.predict import XrayClassifier, load_model
 from pneumo_fastai.inference.results import OUTPUT_COLUMNS, Prediction
@@ -177,7 +177,7 @@ def test_chunks_keep_order_across_batch_sizes(
     monkeypatch.setattr(
         model.exported, "dataloader", lambda *a, **k: loaders.append(a) or dataloader(*a, **k)
     )
-    monkeypatch.setattr(predict, "MIN_CHUNK", 1)
+    monkeypatch.setattr(classifier, "MIN_CHUNK", 1)
     items = [*kinds, Path("missing.png"), *kinds]  # 19 items: 3 chunks of 8 batches of 1
 
     small = model.predict_batch(items, bs=1)

@@ -1,23 +1,36 @@
-"""Ensembles: folds, pooled out-of-fold threshold, the card, resuming, tampering, prediction."""
+"""Ensembles: folds, pooled out-of-fold threshold, the card, resuming, tampering, prediction,
+the OOD check (torch and ONNX engines).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pneumo_fastai.card import EnsembleCard, read_card
+from pneumo_fastai.cli import main
 from pneumo_fastai.config import CLASSES, TrainConfig
 from pneumo_fastai.data.layout import discover
 from pneumo_fastai.errors import ModelFileError, PneumoError
 from pneumo_fastai.evaluation.metrics import choose_threshold
+from pneumo_fastai.inference.ood import conformal_quantile
 from pneumo_fastai.inference.predict import load_model
-from pneumo_fastai.training.ensemble import pooled_predictions, train_ensemble
+from pneumo_fastai.training.ensemble import (
+    EnsembleResult,
+    member_configs,
+    pooled_predictions,
+    train_ensemble,
+)
+from pneumo_fastai.training.train import train
 
-from ..conftest import one_torch_thread
+from ..conftest import SHARED_DATA, one_torch_thread
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
@@ -33,6 +46,51 @@ def ensemble(real_subset, tmp_path_factory):
     with one_torch_thread():
         exports = tmp_path_factory.mktemp("ensemble")
         return train_ensemble(_config(real_subset, exports), progress=False, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def seed_ensemble(real_subset, tmp_path_factory) -> EnsembleResult:
+    """A --seeds ensemble of two members trained on one split."""
+    exports = tmp_path_factory.mktemp("seed_ensemble")
+    config = _config(real_subset, exports, folds=0, seeds=2, name="sens")
+    with one_torch_thread():
+        return train_ensemble(config, progress=False, log=lambda _: None)
+
+
+def _copy(card_path: Path, folder: Path) -> Path:
+    """The ensemble's card and pooled predictions copied into `folder`, its other files (graph,
+    members) linked; the copy's card."""
+    members = folder / f"{card_path.stem}.members"
+    members.mkdir(parents=True)
+    for f in card_path.parent.glob(f"{card_path.stem}.*"):
+        if f.suffix in (".json", ".csv"):
+            (folder / f.name).write_bytes(f.read_bytes())
+        elif f.is_file():
+            (folder / f.name).symlink_to(f)
+    for f in (card_path.parent / members.name).iterdir():
+        (members / f.name).symlink_to(f)
+    return folder / card_path.name
+
+
+def _tamper(path: Path, edit: Callable[[bytes], bytes]) -> None:
+    """Replace a (linked) file by an edited copy, leaving the original alone."""
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(edit(data))
+
+
+@pytest.fixture(scope="module")
+def onnx_ensembles(ensemble, seed_ensemble, tmp_path_factory) -> dict[str, Path]:
+    """Copies of both ensembles with their one ONNX graph written."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime comes with the [onnx] extra")
+    from pneumo_fastai.inference.onnx_export import export_onnx
+
+    copies = {}
+    for kind, result in (("folds", ensemble), ("seeds", seed_ensemble)):
+        copies[kind] = _copy(result.card_path, tmp_path_factory.mktemp(f"onnx_{kind}"))
+        with one_torch_thread():
+            export_onnx(copies[kind])
+    return copies
 
 
 def _rows(path: Path) -> list[dict]:
@@ -95,26 +153,98 @@ def test_a_rerun_keeps_finished_members_and_trains_only_the_missing_one(ensemble
     assert resumed.trained == [1] and read_card(resumed.card_path).members[1].name == "ens-fold1"
 
 
-def test_a_tampered_member_is_refused_by_name(ensemble, tmp_path):
-    folder = tmp_path / "copy"
-    members = folder / "ens.members"
-    members.mkdir(parents=True)
-    for f in ensemble.card_path.parent.glob("ens.*"):
-        if f.is_file():
-            (folder / f.name).write_bytes(f.read_bytes())
-    for f in ensemble.members[0].parent.iterdir():
-        (members / f.name).symlink_to(f)
-    card = json.loads((members / "ens-fold1.json").read_text())
-    (members / "ens-fold1.json").unlink()
+def _lower_threshold(data: bytes) -> bytes:
+    card = json.loads(data)
     card["decision_threshold"]["value"] = 0.01
-    (members / "ens-fold1.json").write_text(json.dumps(card))
+    return json.dumps(card).encode()
+
+
+def test_a_tampered_member_is_refused_by_name(ensemble, tmp_path):
+    card = _copy(ensemble.card_path, tmp_path / "copy")
+    _tamper(card.parent / "ens.members" / "ens-fold1.json", _lower_threshold)
     with pytest.raises(ModelFileError, match=r"Member ens-fold1 .* does not match"):
-        load_model(folder / "ens.json")
+        load_model(card)
+
+
+def _held_out_ratios(member: Path) -> list[tuple[str, float]]:
+    """(file, OOD score / the member's threshold) of a member's validation images."""
+    threshold = read_card(member).ood.threshold
+    return [
+        (r["file"], float(r["ood_score"]) / threshold)
+        for r in _rows(member.with_suffix(".valid.csv"))
+    ]
+
+
+def test_the_ood_threshold_is_a_conformal_quantile_of_held_out_combined_scores(
+    ensemble, seed_ensemble
+):
+    folds = sorted(r for m in ensemble.members for r in _held_out_ratios(m))
+    seeds = [_held_out_ratios(m) for m in seed_ensemble.members]
+    mean = [(f, float(np.mean([t[i][1] for t in seeds]))) for i, (f, _) in enumerate(seeds[0])]
+    for result, expected in ((ensemble, folds), (seed_ensemble, mean)):
+        card = read_card(result.card_path)
+        pooled = _rows(result.card_path.with_suffix(".valid.csv"))
+        assert [r["file"] for r in pooled] == [f for f, _ in expected]
+        scores = [float(r["ood_score"]) for r in pooled]
+        np.testing.assert_allclose(scores, [x for _, x in expected], rtol=1e-12)
+        assert card.ood.threshold == pytest.approx(conformal_quantile(scores, card.ood.alpha))
+        assert card.ood.n_valid == len(scores)
+        held_out = {"folds": "out-of-fold", "seeds": "shared validation split"}[card.data.method]
+        assert held_out in card.ood.threshold_rule
+        assert card.ood.valid_flagged <= card.ood.alpha
+
+
+@pytest.mark.parametrize("kind", ["folds", "seeds"])
+def test_an_ensemble_flags_a_photo_and_not_a_held_out_xray_on_both_engines(
+    ensemble, seed_ensemble, onnx_ensembles, kind, tmp_path
+):
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image comes with [dev]")
+    Image.fromarray(skimage_data.astronaut()).convert("L").save(photo := tmp_path / "gray.png")
+    files = [  # a grayscale photo, and two X-rays not among the 60 the ensembles saw
+        photo,
+        sorted((SHARED_DATA / "train" / "NORMAL").iterdir())[200],
+        sorted((SHARED_DATA / "train" / "PNEUMONIA").iterdir())[300],
+    ]
+    result = {"folds": ensemble, "seeds": seed_ensemble}[kind]
+    with one_torch_thread():
+        torch_model = load_model(result.card_path, precision="fp32")
+        torch_preds = torch_model.predict_batch(files)
+    onnx_model = load_model(onnx_ensembles[kind], engine="onnx", threads=1)
+    onnx_preds = onnx_model.predict_batch(files)
+    thresholds = [read_card(m).ood.threshold for m in result.members]
+    for model, preds in ((torch_model, torch_preds), (onnx_model, onnx_preds)):
+        assert model.ood is not None and model.ood.scales == thresholds
+        assert preds[0].ood and "features" in preds[0].ood_reason, preds[0]
+        assert [p.ood for p in preds[1:]] == [False, False], preds[1:]
+        assert all(p.probability is not None for p in preds), "flagged keeps its answer"
+    for o, t in zip(onnx_preds, torch_preds, strict=True):
+        assert o.ood_score == pytest.approx(t.ood_score, rel=1e-3)
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_a_member_s_tampered_ood_statistics_are_refused(onnx_ensembles, engine, tmp_path):
+    card = _copy(onnx_ensembles["folds"], tmp_path / "copy")
+    stats = card.parent / "ens.members" / "ens-fold1.ood.safetensors"
+    _tamper(stats, lambda data: data[:-8] + bytes(8))
+    with pytest.raises(ModelFileError, match=r"ens-fold1\.ood\.safetensors does not match"):
+        load_model(card, engine=engine)
+
+
+def test_predict_with_the_onnx_engine_refuses_a_tampered_member_card_by_name(
+    onnx_ensembles, tmp_path, monkeypatch, capsys
+):
+    card = _copy(onnx_ensembles["folds"], tmp_path / "copy")
+    _tamper(card.parent / "ens.members" / "ens-fold1.json", _lower_threshold)
+    xray = sorted((SHARED_DATA / "train" / "NORMAL").iterdir())[200]
+    argv = ["pneumo-fastai", "predict", str(card), str(xray), "--engine", "onnx"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert "Member ens-fold1" in capsys.readouterr().err
 
 
 def test_a_config_of_an_ensemble_is_refused_by_single_training(real_subset, tmp_path):
-    from pneumo_fastai.training.train import train
-
     with pytest.raises(PneumoError, match="describes an ensemble"):
         train(_config(real_subset, tmp_path))
 
@@ -133,3 +263,26 @@ def test_seed_members_are_averaged_on_their_shared_split(tmp_path):
         ("x/2.png", "PNEUMONIA"),
     ]
     assert [p for *_, p in pooled] == pytest.approx([0.3, 0.8])
+
+
+def test_seed_members_ood_scores_are_combined_on_each_member_s_scale(tmp_path):
+    header = ("file", "label", "probability", "ood_score")
+    scores = {"a": (10.0, 30.0), "b": (300.0, 100.0)}
+    cards = []
+    for name, (one, two) in scores.items():
+        table = [("x/1.png", "NORMAL", 0.2, one), ("x/2.png", "PNEUMONIA", 0.9, two)]
+        with open(tmp_path / f"{name}.valid.csv", "w", newline="") as f:
+            csv.writer(f).writerows([header, *table])
+        cards.append(tmp_path / f"{name}.json")
+    pooled = pooled_predictions("seeds", cards, [20.0, 200.0])
+    assert [row[3] for row in pooled] == pytest.approx([(0.5 + 1.5) / 2, (1.5 + 0.5) / 2])
+    assert [len(row) for row in pooled_predictions("seeds", cards)] == [3, 3]
+
+
+def test_seed_members_share_one_validation_split(real_subset, tmp_path):
+    from pneumo_fastai.data.block import xray_datablock
+
+    files = discover(real_subset).files
+    config = _config(real_subset, tmp_path, folds=0, seeds=2)
+    splits = [xray_datablock(member).splitter(files)[1] for member in member_configs(config)]
+    assert splits[0] == splits[1]
