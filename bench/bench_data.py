@@ -13,8 +13,7 @@ into a temp folder in the Kaggle layout, and a prepared copy of them with
    costs (preparing the folder, filling the cache) are timed apart.
 2. loader: one epoch of our fastai train loader (balanced `SeededWeightedDL`, item transforms in
    `--num-workers` workers, batch augmentation on `--device`; no model) over each source, with the
-   cache off and on, and with the what-if `SquishResize` (one PIL call instead of fastai's
-   `Resize`). Training time on full-size JPEGs vs a prepared folder is then estimated for
+   cache off and on. Training time on full-size JPEGs vs a prepared folder is then estimated for
    `--epochs` epochs: cache fill (or preparing) + epochs x epoch time.
 Runs are repeated `--repeats` times in turn; the tables give medians.
 """
@@ -38,7 +37,6 @@ from benchlib import (
     median,
     print_table,
     spread,
-    use_direct_squish,
 )
 from PIL import Image
 
@@ -94,12 +92,10 @@ def decode_rate(read: Callable[[Path], Image.Image], files: list[Path], size: in
 class TrainLoader:
     """Our balanced train loader over `files`, built once (the cache filled, when on)."""
 
-    def __init__(self, files: list[Path], config: TrainConfig, device, squish: bool):
+    def __init__(self, files: list[Path], config: TrainConfig, device):
         start = time.perf_counter()
         dls = build_dataloaders(files, config, device=device, progress=False)
         self.fill_s = time.perf_counter() - start if config.cache else 0.0
-        if squish:
-            use_direct_squish(dls)
         if len(dls.train_ds) < config.bs:
             raise SystemExit(
                 f"{len(dls.train_ds)} train images < bs {config.bs}: use more --images"
@@ -203,17 +199,13 @@ def main() -> None:
 
         base = TrainConfig(size=args.size, bs=args.bs, num_workers=workers, device=str(device))
         setups = {
-            ("full-size JPEG", "off", False): full,
-            ("prepared PNG", "off", False): prepared,
-            ("full-size JPEG", "on", False): full,
-            ("prepared PNG", "on", False): prepared,
-            ("full-size JPEG", "off", True): full,
-            ("prepared PNG", "off", True): prepared,
-            ("full-size JPEG", "on", True): full,
-            ("prepared PNG", "on", True): prepared,
+            ("full-size JPEG", "off"): full,
+            ("prepared PNG", "off"): prepared,
+            ("full-size JPEG", "on"): full,
+            ("prepared PNG", "on"): prepared,
         }
         loaders = {
-            key: TrainLoader(files, base.replace(cache=key[1] == "on"), device, key[2])
+            key: TrainLoader(files, base.replace(cache=key[1] == "on"), device)
             for key, files in setups.items()
         }
         epochs: dict[tuple, list[float]] = {key: [] for key in loaders}
@@ -238,24 +230,23 @@ def main() -> None:
         )
         rows = []
         for key, loader in loaders.items():
-            source, cached, squish = key
-            ref = ("prepared PNG", *key[1:]) if source == "full-size JPEG" else key
+            ref = ("prepared PNG", key[1])
             rows.append(
                 (
-                    source, cached, "yes" if squish else "no", f"{median(epochs[key]):.1f}",
-                    spread(epochs[key]), f"{median(worker_ms[key]):.2f}",
-                    f"{loader.fill_s:.1f}", f"{run_s(key):.1f}", f"{run_s(key) / run_s(ref):.2f}",
+                    *key, f"{median(epochs[key]):.1f}", spread(epochs[key]),
+                    f"{median(worker_ms[key]):.2f}", f"{loader.fill_s:.1f}", f"{run_s(key):.1f}",
+                    f"{run_s(key) / run_s(ref):.2f}",
                 )
             )  # fmt: skip
         print_table(
             [
-                "source", "cache", "squish", "img/s", "min-max", "worker ms/img", "fill s",
+                "source", "cache", "img/s", "min-max", "worker ms/img", "fill s",
                 f"{args.epochs}-epoch load s", "vs prepared",
             ],
             rows,
         )  # fmt: skip
-        with_prepare = run_s(("prepared PNG", "on", False)) + prepare_s
-        full_vs_prep = run_s(("full-size JPEG", "on", False)) / with_prepare
+        with_prepare = run_s(("prepared PNG", "on")) + prepare_s
+        full_vs_prep = run_s(("full-size JPEG", "on")) / with_prepare
         print(
             f"full-size JPEGs with the default cache vs preparing a folder first and training on "
             f"it (prepare time counted): {full_vs_prep:.2f}x the loading time"

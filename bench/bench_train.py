@@ -11,19 +11,20 @@ of the steady-state batches (after `--warmup` ones; data loading, augmentation, 
 and optimiser step all inside the clock), the median over rounds of the ratio to the plain loop
 run in the same round, and the CPU ms per image of the main process (its threads, not its loader
 workers: steadier than wall time when other jobs share the cores).
-- ours: `build_dataloaders` + `build_learner` from the package, frozen up to layer4 with a local
-  random ResNet34 weights file (a stand-in for ImageNet's: speed does not depend on the values),
-  `BalancedSamplingCallback` (a seeded `WeightedDL`), our batch augmentation, `fit_one_cycle`, and
-  the mixed-precision/channels-last callbacks that `train` adds.
+- ours: what `train` runs: `build_dataloaders` (images squashed to `--size` as they load, one
+  gray channel through the loader and our batch augmentation, 3 channels just before
+  normalisation), `build_learner` with `FusedAdam`, frozen up to layer4 with a local random
+  ResNet34 weights file (a stand-in for ImageNet's: speed does not depend on the values),
+  `BalancedSamplingCallback` (a seeded `WeightedDL`), `fit_one_cycle` and `speed_callbacks`
+  (plain tensors into the network, mixed precision, channels-last).
 - plain: torchvision ResNet34 body + the same head, the same frozen layers (BatchNorm trains, as
-  fastai does), a `Dataset` that opens each file with PIL and squashes it to `--size`,
+  fastai does), a `Dataset` that opens each file with PIL as RGB and squashes it to `--size`,
   `WeightedRandomSampler`, per-image rotate/zoom/brightness-contrast with torchvision.transforms.v2
-  on the batch tensor (p=0.75 each, as fastai), ImageNet normalisation, AdamW with fastai's
-  betas/eps/weight decay, `OneCycleLR`, the same label-smoothed cross-entropy and batch size.
+  on the 3-channel batch tensor (p=0.75 each, as fastai), ImageNet normalisation, AdamW with
+  fastai's betas/eps/weight decay, `OneCycleLR`, the same label-smoothed cross-entropy and batch
+  size.
 `--sweep` adds our pipeline with 0, 1 and 2 loader workers (cache on) and with the cache off, at
-`--sweep-size`, against a plain loop at that size. `--what-if squish adamw` adds our pipeline with
-a change not (yet) made in the package: fastai's `Resize` swapped for one PIL resize call, or
-fastai's per-tensor Adam swapped for torch's AdamW (see benchlib.py).
+`--sweep-size`, against a plain loop at that size.
 """
 
 from __future__ import annotations
@@ -45,8 +46,6 @@ from benchlib import (
     print_table,
     random_resnet34_weights,
     spread,
-    use_direct_squish,
-    use_torch_adamw,
 )
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.progress import ProgressCallback
@@ -63,7 +62,8 @@ from pneumo_fastai.data.names import label_of
 from pneumo_fastai.data.split import SeededSplitter, limit_per_class
 from pneumo_fastai.device import resolve_compute, resolve_device
 from pneumo_fastai.fileio import worker_count
-from pneumo_fastai.model import RESNET34_FEATURES, STEM_TO_LAYER3, build_learner, xray_head
+from pneumo_fastai.model import STEM_TO_LAYER3, build_head, build_learner
+from pneumo_fastai.training.optimizer import FusedAdam
 from pneumo_fastai.training.sampling import BalancedSamplingCallback, inverse_frequency_weights
 from pneumo_fastai.training.train import speed_callbacks
 from pneumo_fastai.weights import imagenet_state_dict
@@ -102,7 +102,6 @@ class Case:
 
     pipeline: str  # "ours" or "plain"
     config: TrainConfig
-    what_if: str = ""  # ours only: "squish" (direct PIL resize), "adamw" (torch's AdamW)
     rates: list[float] = field(default_factory=list)  # images/s
     cpu_ms: list[float] = field(default_factory=list)  # CPU ms per image (main process)
     setup_s: float = 0.0  # building loaders (cache fill included) and model
@@ -119,19 +118,13 @@ class Case:
 
 
 class Ours:
-    """Our `Learner`, built once; `run()` times one fit of a few batches."""
+    """Our `Learner`, built as `train` builds it, once; `run()` times one fit of a few batches."""
 
-    def __init__(
-        self, files, config: TrainConfig, state, device, warmup: int, batches: int, what_if: str
-    ):
+    def __init__(self, files, config: TrainConfig, state, device, warmup: int, batches: int):
         self.config, self.device = config, device
         dls = build_dataloaders(files, config, device=device, progress=False)
         self.cached = uses_cache(dls)
-        if what_if == "squish":
-            use_direct_squish(dls)
-        self.learn = build_learner(dls, config, state)
-        if what_if == "adamw":
-            use_torch_adamw(self.learn)
+        self.learn = build_learner(dls, config, state, opt_func=FusedAdam)
         self.learn.remove_cb(ProgressCallback)
         self.timer = SteadyTimer(warmup, batches)
         self.plan = resolve_compute(device, config.precision, config.channels_last)  # as train()
@@ -154,7 +147,7 @@ def plain_model(config: TrainConfig, state) -> nn.Sequential:
     net = resnet34()
     net.load_state_dict(state)
     body = nn.Sequential(*list(net.children())[:-2])
-    head = xray_head(RESNET34_FEATURES, config.hidden, 2, config.dropout_in, config.dropout_hidden)
+    head = build_head(config)
     for module in body[:STEM_TO_LAYER3].modules():
         if not isinstance(module, nn.modules.batchnorm._BatchNorm):
             for p in module.parameters(recurse=False):
@@ -238,10 +231,13 @@ class Plain:
 
 
 def augmentation_ms(ours: Ours, plain: Plain, repeats: int = 5) -> dict[str, tuple[float, float]]:
-    """(wall ms, CPU ms) per batch of each loop's batch augmentation alone, on one uint8 batch."""
+    """(wall ms, CPU ms) per batch of each loop's batch augmentation alone, on one uint8 batch.
+
+    Each loop's own batch: one gray channel for ours, 3 channels for the plain loop.
+    """
     dl = ours.learn.dls.train
     xb, yb = dl.create_batch([dl.do_item(i) for i in range(dl.bs)])
-    raw = xb.as_subclass(torch.Tensor).to(ours.device)
+    raw = torch.stack([plain.dataset[i][0] for i in range(dl.bs)]).to(ours.device)
     fastai_batch = (xb.to(ours.device), yb.to(ours.device))
     work = {"ours": lambda: dl.after_batch(fastai_batch), "plain": lambda: plain.augment(raw)}
     out = {}
@@ -260,7 +256,7 @@ def build(case: Case, files, state, device, warmup: int, batches: int) -> None:
     """Make the case's runner, timing the setup (loaders, cache fill, model)."""
     start = time.perf_counter()
     if case.pipeline == "ours":
-        case.runner = Ours(files, case.config, state, device, warmup, batches, case.what_if)
+        case.runner = Ours(files, case.config, state, device, warmup, batches)
     else:
         case.runner = Plain(files, case.config, state, device, warmup, batches)
     case.cached = getattr(case.runner, "cached", False)
@@ -300,13 +296,6 @@ def parse_args() -> argparse.Namespace:
         "--sweep-workers", type=int, nargs="+", default=[0, 1, 2], help="worker counts to sweep"
     )
     p.add_argument(
-        "--what-if",
-        nargs="*",
-        choices=["squish", "adamw"],
-        default=[],
-        help="also ours with a direct PIL squash resize / torch's AdamW (changes not yet made)",
-    )
-    p.add_argument(
         "--cudnn-benchmark",
         action="store_true",
         help="cudnn autotuning (train() runs with set_seed(reproducible=True), which turns it off)",
@@ -333,7 +322,6 @@ def main() -> None:
         cases = [Case("plain", base.replace(precision="fp32", channels_last=False))]
         cases += [Case(side, base.replace(precision=p, channels_last=nhwc))
                   for side in ("ours", "plain") for p, nhwc in grid[side == "plain":]]  # fmt: skip
-    cases += [Case("ours", base, what_if) for what_if in args.what_if]
     if args.sweep:
         small = base.replace(size=args.sweep_size)
         if args.sweep_size != args.size:
@@ -371,7 +359,7 @@ def main() -> None:
 
     rows = [
         (
-            c.pipeline + (f"+{c.what_if}" if c.what_if else ""), c.config.size,
+            c.pipeline, c.config.size,
             c.runner.plan.precision, "NHWC" if c.runner.plan.channels_last else "NCHW", c.workers,
             "on" if c.cached else "off", f"{median(c.rates):.2f}", spread(c.rates),
             f"{vs_plain(c):.2f}", f"{median(c.cpu_ms):.0f}",

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: machine line, stand-in weights, timing, tables, what-ifs.
+"""Helpers shared by the benchmarks: machine line, stand-in weights, timing, tables.
 
 from benchlib import SHARED_DATA, machine_line, random_resnet34_weights, median
 """
@@ -12,17 +12,9 @@ import subprocess
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 
 import torch
-from fastai.data.core import DataLoaders
-from fastai.learner import Learner
-from fastai.optimizer import OptimWrapper
-from fastai.vision.augment import Resize
-from fastai.vision.core import PILImage
-from fasttransform import Transform
-from PIL import Image
 from torchvision.models import resnet34
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,35 +106,3 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     for first, *rest in cells:
         right = [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)]
         print("  ".join([first.ljust(widths[0]), *right]))
-
-
-# What-ifs: changes to the package measured here before anyone makes them in the package.
-
-
-class SquishResize(Transform):
-    """Squash a PIL image to `size` x `size` with one PIL call (nothing when it already is)."""
-
-    order = 1  # where fastai's `Resize` sits
-
-    def __init__(self, size: int):
-        super().__init__()
-        self.size = (size, size)
-
-    def encodes(self, x: PILImage):  # no return annotation: fastai keeps the input type
-        return x if x.size == self.size else x.resize(self.size, Image.BILINEAR)
-
-
-def use_direct_squish(dls: DataLoaders) -> None:
-    """Swap fastai's `Resize(method=Squish)` item transform for `SquishResize` in every loader."""
-    for dl in dls.loaders:
-        fs = dl.after_item.fs
-        for i, tfm in enumerate(fs):
-            if isinstance(tfm, Resize):
-                fs[i] = SquishResize(tfm.size[0])
-
-
-def use_torch_adamw(learn: Learner) -> None:
-    """Train with `torch.optim.AdamW` (foreach kernels) instead of fastai's per-tensor Adam."""
-    learn.opt_func = partial(OptimWrapper, opt=torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5)
-    learn.opt = None
-    learn.freeze_to(1)

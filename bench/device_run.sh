@@ -38,7 +38,7 @@ export PYTHONUNBUFFERED=1
 
 if [ "$SMOKE" = 1 ]; then  # the same steps at sizes a 2-core CPU runs in a few minutes
   TRAIN_ARGS=(--device cpu --size 64 --bs 8 --num-workers 0 --images 200 --warmup 1 --batches 1
-              --repeats 1 --what-if squish adamw)
+              --repeats 1)
   SWEEP_ARGS=(--sweep --sweep-size 64 --sweep-workers 0 1)
   DATA_ARGS=(--device cpu --images 40 --bs 8 --decode-images 10 --repeats 1 --num-workers 0)
   BS32_ARGS=(--bs 8 --warmup 1 --batches 2)
@@ -48,7 +48,7 @@ if [ "$SMOKE" = 1 ]; then  # the same steps at sizes a 2-core CPU runs in a few 
   SLOW=4  # step time limits x4 on 2 shared cores
 else
   TRAIN_ARGS=(--device cuda --size 224 --bs 256 --num-workers 8 --cache on --precision bf16
-              --channels-last --warmup 8 --batches 30 --repeats 3 --what-if squish adamw)
+              --channels-last --warmup 8 --batches 30 --repeats 3)
   SWEEP_ARGS=(--sweep --sweep-size 224 --sweep-workers 4 8 15)
   DATA_ARGS=(--device cuda --images 1000 --repeats 3 --num-workers 8)
   BS32_ARGS=(--bs 32 --warmup 10 --batches 80)  # 3,650 train images: 114 batches an epoch
@@ -103,7 +103,7 @@ step() {  # step NAME LIMIT_S LOGFILE COMMAND...: run within the budget, time, r
   return $rc
 }
 
-# 2. throughput at 224 px: ours vs plain, and the what-ifs (target: >= 5,000 img/s)
+# 2. throughput at 224 px: ours vs plain (target: >= 5,000 img/s)
 step bench_train 150 "$OUT/bench_train.txt" "$PY" bench/bench_train.py --data "$DATA" \
   "${TRAIN_ARGS[@]}"
 
@@ -150,12 +150,12 @@ fi
 step bench_data 120 "$OUT/bench_data.txt" "$PY" bench/bench_data.py --data "$DATA" \
   "${DATA_ARGS[@]}"
 
-# 5. while time is left: bs 32 (the default run's batches, where per-batch overheads such as
-# fastai's per-tensor Adam weigh most), cudnn autotuning (train() turns it off), workers sweep
+# 5. while time is left: bs 32 (the default run's batches, where per-batch overheads weigh
+# most), cudnn autotuning (train() turns it off), workers sweep
 step bench_train_bs32 60 "$OUT/bench_train.txt" "$PY" bench/bench_train.py --data "$DATA" \
-  "${TRAIN_ARGS[@]}" "${BS32_ARGS[@]}" --repeats 2 --what-if adamw squish
+  "${TRAIN_ARGS[@]}" "${BS32_ARGS[@]}" --repeats 2
 step bench_train_cudnn 60 "$OUT/bench_train.txt" "$PY" bench/bench_train.py --data "$DATA" \
-  "${TRAIN_ARGS[@]}" --what-if --repeats 2 --cudnn-benchmark
+  "${TRAIN_ARGS[@]}" --repeats 2 --cudnn-benchmark
 step bench_train_sweep 120 "$OUT/bench_train.txt" "$PY" bench/bench_train.py --data "$DATA" \
-  "${TRAIN_ARGS[@]}" --what-if --repeats 2 "${SWEEP_ARGS[@]}"
+  "${TRAIN_ARGS[@]}" --repeats 2 "${SWEEP_ARGS[@]}"
 say "done $(date -u +%H:%M:%S) UTC, $(($(date +%s) - T0)) s; load average $(cut -d' ' -f1-3 /proc/loadavg)"

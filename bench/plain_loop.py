@@ -9,7 +9,7 @@ rotate/zoom/brightness-contrast (torchvision.transforms.v2, p=0.75 each) and Ima
 normalisation, ResNet34 + our head (Dropout 0.5 -> 512->256 -> ReLU -> Dropout 0.25 -> 256->2),
 AdamW with fastai's betas/eps/weight decay, `OneCycleLR`, label-smoothed cross-entropy, batch 32,
 a validation pass each epoch, then `torch.save` of the weights. `split.json` lists the train and
-valid files with their labels (written by `bench_run.py`, from our own split), so both sides see
+valid files with their labels (written by `bench_ab.py`, from our own split), so both sides see
 the same images. `--precision bf16` and `--channels-last` run it the fast way on CPUs with bf16.
 """
 
