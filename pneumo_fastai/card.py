@@ -16,8 +16,10 @@ writer added. Nothing here imports torch.
 
 Schema history: 1 (pneumo-fastai 0.1.0); 2 adds `kind`, a head description derived from the
 module itself, `calibration` (temperature scaling), `ood`, `input.preprocessing`,
-`training.phases`, ensembles (`kind="ensemble"`) and safetensors weights. A card of schema 1 is
-read as schema 2 with `kind="single"`, temperature 1 and no OOD check.
+`training.phases`, ensembles (`kind="ensemble"`) and safetensors weights, and later
+`intended_use` (as MONAI bundles have). A card of schema 1 is read as schema 2 with
+`kind="single"`, temperature 1 and no OOD check. A card without `intended_use` reads as having
+`research_use()`: no pneumo-fastai export was ever meant for anything else.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
@@ -149,10 +152,30 @@ class OodFacts(Section):
     valid_flagged: float
 
 
+class ModelOod(OodFacts):
+    """A single network's check: its own Mahalanobis score against its threshold."""
+
+    shrinkage: float = Field(ge=0.0, le=1.0)  # Ledoit-Wolf's, of the shared covariance
+
+
+class EnsembleOod(OodFacts):
+    """An ensemble's check: its members' scores combined on their own scales, one threshold."""
+
+    combine: str  # how member scores become one (`inference/ood_check.py`)
+    n_train_members: list[int]  # each member's training images; `n_train` is their sum
+
+
 class DecisionThreshold(Section):
     value: float = Field(ge=0.0, le=1.0)  # PNEUMONIA where P(PNEUMONIA) >= value
     target_sensitivity: float | None = None
     rule: str
+
+
+class AdaptedFrom(Section):
+    """The card an adapted export was made from."""
+
+    name: str
+    sha256: str = Field(pattern=SHA256)  # of that card's file
 
 
 class Adaptation(Section):
@@ -166,18 +189,70 @@ class Adaptation(Section):
     rule: str  # how probabilities are adapted
     source: dict[str, float]  # class shares the calibrated probabilities assume
     target: dict[str, float]  # the new site's estimated class shares
-    interval: dict[str, list[float]]  # per class: [low, high] bootstrap interval of `target`
+    interval: dict[str, tuple[float, float]]  # per class: bootstrap interval of `target`
     level: float  # of the interval
     n_images: int  # the site's images the estimate used
     n_left_out: int  # flagged by the OOD check or unreadable, not used
     folder: str  # where the site's images were
     raw_threshold: float | None  # unadapted P(PNEUMONIA) that now decides (binary models)
-    base: dict[str, str]  # the card adapted: its name and sha256
+    base: AdaptedFrom  # the card adapted
 
 
 class FileEntry(Section):
     name: str  # file name, beside the card
     sha256: str = Field(pattern=SHA256)
+
+
+class OnnxInput(Section):
+    """What the ONNX graph takes: the prepared gray image, normalised inside the graph."""
+
+    name: str  # image
+    shape: list[str | int]  # ["batch", 1, size, size]
+    dtype: str  # uint8
+    range: list[int]  # [0, 255]
+    size: int = Field(ge=1)
+    resize: str
+    preprocessing: dict[str, Any]  # the card's `input.preprocessing`, run before the graph
+    channels: str
+
+
+class OnnxEntry(Section):
+    """`export onnx`: the graph in files["onnx"], how it was made, what it takes and gives."""
+
+    file: str
+    opset: int
+    exporter: str
+    parity_max_abs_diff: float  # largest |onnxruntime - torch| probability at export
+    input: OnnxInput
+    outputs: dict[str, str]  # output name: its shape and meaning
+    networks: int = Field(ge=1)  # 1, or an ensemble's members
+
+
+class IntendedUse(Section):
+    """What the model is for, whom its training data represent, and what it is not for."""
+
+    purpose: str
+    population: str  # whom the training X-rays represent
+    out_of_scope: list[str]  # uses the model must not be put to
+
+
+def research_use() -> IntendedUse:
+    """The intended use of every pneumo-fastai export: research, not diagnosis."""
+    return IntendedUse(
+        purpose="Research and testing of chest X-ray classification (pneumonia, and its "
+        "bacterial and viral subtypes). Not a medical device: not for diagnosis, screening or "
+        "treatment decisions.",
+        population="Its reference training data (Kermany et al. 2018, Cell 172(5): the Kaggle "
+        "'Chest X-Ray Images (Pneumonia)') are anterior-posterior chest X-rays of children aged "
+        "one to five from one hospital, Guangzhou Women and Children's Medical Center; `data` "
+        "says which images this model trained on.",
+        out_of_scope=[
+            "diagnosis, screening, triage or treatment of patients",
+            "adults, other ages, hospitals or scanners, unless validated there",
+            "views other than frontal chest X-rays, and other modalities",
+            "images its OOD check flags as unlike its training X-rays",
+        ],
+    )
 
 
 class CardBase(Section):
@@ -195,7 +270,8 @@ class CardBase(Section):
     decision_threshold: DecisionThreshold
     versions: dict[str, str]
     files: dict[str, FileEntry]
-    onnx: dict[str, Any] | None = None  # `export onnx`: the graph's input spec (files["onnx"])
+    intended_use: IntendedUse = Field(default_factory=research_use)  # older cards: research use
+    onnx: OnnxEntry | None = None  # `export onnx`: the graph's input spec (files["onnx"])
     adaptation: Adaptation | None = None  # `adapt`: probabilities re-weighted to a site's mix
 
     def train_config(self) -> TrainConfig:
@@ -218,7 +294,7 @@ class ModelCard(CardBase):
     data: DataFacts
     training: TrainingFacts
     calibration: Calibration | None = None  # schema 2; None: temperature 1
-    ood: OodFacts | None = None  # schema 2; None: no OOD check ("unknown")
+    ood: ModelOod | None = None  # schema 2; None: no OOD check ("unknown")
 
     @property
     def temperature(self) -> float:
@@ -246,15 +322,32 @@ class EnsembleData(Section):
     valid_fingerprint: str
 
 
+class MemberTraining(Section):
+    """One member's run, as its card records it."""
+
+    name: str
+    epochs_run: int
+    best_epoch: int
+    seconds: float  # wall time of its `fit`
+    temperature: float = Field(gt=0.0)  # its calibration
+
+
+class EnsembleTraining(Section):
+    """How the members' runs went."""
+
+    seconds: float  # the members' `fit` wall times together
+    members: list[MemberTraining]
+
+
 class EnsembleCard(CardBase):
     """Several networks whose calibrated probabilities are averaged (issue 12)."""
 
-    kind: Literal["ensemble"]
+    kind: Literal["ensemble"] = "ensemble"
     members: list[Member] = Field(min_length=2)
     data: EnsembleData
-    training: dict[str, Any]  # per-member epochs and seconds, total seconds
+    training: EnsembleTraining
     combine: str  # how member outputs become the ensemble's
-    ood: OodFacts | None = None  # the members' mean score and its pooled threshold
+    ood: EnsembleOod | None = None  # the members' combined score and its held-out threshold
 
 
 Card = ModelCard | EnsembleCard
@@ -287,6 +380,11 @@ class ExportPaths:
     def of(self, kind: str) -> Path:
         """The path of one kind of file (pkl, weights, history, valid, ood)."""
         return getattr(self, kind)
+
+
+def timestamp() -> str:
+    """Now, in UTC to the second: when a card (or report) was written."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def library_versions() -> dict[str, str]:

@@ -1,42 +1,58 @@
-"""Shared fixtures: tiny datasets built in temp folders, and the real images in ../shared/data."""
+"""Fixtures: tiny datasets in temp folders, the real X-rays, and the one training factory.
+
+An export a test reads comes from `trained(config)`, which trains each distinct config once per
+session, starting from `tiny_config`, the shrunk reference config. A test whose fixtures use
+`trained` is marked `slow` at collection, and one using `real_subset` `shared_data`. A test that
+fits a model itself (an interrupted run, a callback during a fit) carries `slow` in its module;
+the training guard (tests/helpers/runs.py) fails any test that trains without it. Shared helpers
+live in tests/helpers/; this file holds fixtures and hooks only.
+"""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chest_xray"
+from .helpers.data import (
+    copy_real,
+    make_dataset,
+    make_evaluation_dataset,
+    write_image,  # noqa: F401 - tests/test_card.py still imports it from here
+)
+from .helpers.runs import RunFactory, TrainingGuard
+from .helpers.system import one_torch_thread
 
-
-def write_image(path: Path, seed: int, size: tuple[int, int] = (48, 40), mode: str = "L") -> Path:
-    """A small random grayscale image with some structure (saved in `path`'s format)."""
-    rng = np.random.default_rng(seed)
-    base = np.linspace(0, 255, size[0] * size[1]).reshape(size[1], size[0])
-    arr = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr, mode="L").convert(mode).save(path)
-    return path
+GUARD = TrainingGuard()
 
 
-def make_dataset(root: Path, n_normal: int = 12, n_pneumonia: int = 24, val: bool = False) -> Path:
-    """Kaggle layout with Kermany-style names: 2 images per patient, PNEUMONIA twice as common."""
-    for i in range(n_normal):
-        write_image(root / "train" / "NORMAL" / f"IM-{i // 2:04d}-{i % 2 + 1:04d}.jpeg", seed=i)
-    for i in range(n_pneumonia):
-        kind = "bacteria" if i % 3 else "virus"
-        name = f"person{i // 2}_{kind}_{i % 2 + 1}.jpeg"
-        write_image(root / "train" / "PNEUMONIA" / name, seed=1000 + i)
-    if val:
-        write_image(root / "val" / "NORMAL" / "NORMAL2-IM-9001-0001.jpeg", seed=5000)
-        write_image(root / "val" / "PNEUMONIA" / "person900_virus_1.jpeg", seed=5001)
-    return root
+def pytest_configure(config: pytest.Config) -> None:
+    """Wrap fastai's fit for the session: trainings are counted and checked against `slow`."""
+    GUARD.install()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark what the fixtures imply, before `-m` selects: `trained` is slow, real data shared."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "trained" in names:
+            item.add_marker(pytest.mark.slow)
+        if "real_subset" in names:
+            item.add_marker(pytest.mark.shared_data)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """The guard knows which test runs (fixtures set up on its behalf included)."""
+    with GUARD.running(item):
+        return (yield)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    for line in GUARD.summary(verbose=config.get_verbosity() > 0):
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture
@@ -45,35 +61,24 @@ def dataset(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "chest_xray")
 
 
-def require_shared_data() -> Path:
-    """The real images folder, or skip the test with the reason."""
-    if not (SHARED_DATA / "train").is_dir():
-        pytest.skip(f"real chest X-rays not found at {SHARED_DATA}")
-    return SHARED_DATA
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`dataset` once per session, for training; read-only."""
+    return make_dataset(tmp_path_factory.mktemp("tiny") / "chest_xray")
+
+
+@pytest.fixture(scope="session")
+def evaluation_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 training images whose PNEUMONIA carry a bright patch, and a test split with bad files
+    (tests/helpers/data.py); read-only."""
+    return make_evaluation_dataset(tmp_path_factory.mktemp("evaluation") / "ds")
 
 
 @pytest.fixture(scope="session")
 def real_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20 real NORMAL and 40 real PNEUMONIA X-rays copied into a temp dataset folder."""
-    shared = require_shared_data()
     root = tmp_path_factory.mktemp("real") / "chest_xray"
-    for cls, n in (("NORMAL", 20), ("PNEUMONIA", 40)):
-        dest = root / "train" / cls
-        dest.mkdir(parents=True)
-        for src in sorted((shared / "train" / cls).iterdir())[:n]:
-            shutil.copy(src, dest / src.name)
-    return root
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """One torch thread: fastest for tiny CPU batches, and more threads spin on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return copy_real(root, {"NORMAL": 20, "PNEUMONIA": 40})
 
 
 @pytest.fixture(scope="module")
@@ -84,24 +89,52 @@ def single_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def real_export(real_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Card of a 1-epoch, 64 px export from scratch on the 60 real X-rays (trained once)."""
+def tiny_config(tiny_data: Path):
+    """The shrunk reference config the training tests `.replace(...)`: the tiny dataset, 64 px,
+    1 epoch, batch 8, no workers, from scratch, the reference seed, on the CPU in fp32 and NCHW
+    (set, not probed: the probe costs seconds and its timing-based choice would change the
+    model from run to run)."""
     from pneumo_fastai.config import TrainConfig
-    from pneumo_fastai.training.train import train
 
-    exports = tmp_path_factory.mktemp("real_export")
-    config = TrainConfig(
-        data=real_subset, pretrained=False, epochs=1, size=64, bs=8, num_workers=0, seed=1,
-        exports=exports, name="real64",
+    return TrainConfig(
+        data=tiny_data, size=64, epochs=1, bs=8, num_workers=0, pretrained=False, seed=42,
+        device="cpu", precision="fp32", channels_last=False,
     )  # fmt: skip
-    with one_torch_thread():
-        return train(config, progress=False, log=lambda _: None).paths.card
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on now, on the loopback interface."""
-    import socket
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> RunFactory:
+    """`trained(config) -> Run`: each distinct config trained once per session, in its own
+    folder (the config's `exports` is replaced); shared across modules, so read-only."""
+    return RunFactory(lambda: tmp_path_factory.mktemp("run"))
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+@pytest.fixture(scope="session")
+def real_config(tiny_config, real_subset: Path):
+    """`tiny_config` on the 60 real X-rays (seed 1: the OOD and adapt checks were tuned on it)."""
+    return tiny_config.replace(data=real_subset, seed=1)
+
+
+@pytest.fixture(scope="session")
+def real_export(trained: RunFactory, real_config) -> Path:
+    """Card of the 1-epoch, 64 px export from scratch on the 60 real X-rays."""
+    return trained(real_config).card
+
+
+@pytest.fixture(scope="session")
+def ensemble_config(real_config):
+    """A 2-fold ensemble of `real_config` members (named ens, ens-fold0 and ens-fold1)."""
+    return real_config.replace(seed=5, name="ens", folds=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(trained: RunFactory, tiny_config, evaluation_data: Path) -> Path:
+    """Card of the binary export named `tiny`, trained on the evaluation dataset."""
+    return trained(tiny_config.replace(data=evaluation_data, name="tiny")).card
+
+
+@pytest.fixture(scope="session")
+def subtype_export(trained: RunFactory, tiny_config) -> Path:
+    """Card of the NORMAL / BACTERIA / VIRUS export trained on the tiny dataset (seed 3: the web
+    demo's Grad-CAM check compares maps of this model)."""
+    return trained(tiny_config.replace(task="subtype", seed=3)).card

@@ -1,6 +1,7 @@
-"""The model card: validation on read, old schema-1 exports, and clear refusals."""
+"""The model card: validation on read, old schema-1 and schema-2 exports, and clear refusals."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from pneumo_fastai.card import CARD_SCHEMA_VERSION, parse_card, read_card, verify_file
+from pneumo_fastai.card import (
+    CARD_SCHEMA_VERSION,
+    AdaptedFrom,
+    EnsembleCard,
+    EnsembleOod,
+    EnsembleTraining,
+    ModelCard,
+    ModelOod,
+    OnnxEntry,
+    parse_card,
+    read_card,
+    research_use,
+    verify_file,
+)
 from pneumo_fastai.config import TrainConfig
 from pneumo_fastai.errors import ModelFileError
 from pneumo_fastai.fileio import sha256_file
@@ -18,10 +32,22 @@ from pneumo_fastai.fileio import sha256_file
 from .conftest import write_image
 
 SCHEMA1 = Path(__file__).parent / "fixtures" / "schema1"
+SCHEMA2 = Path(__file__).parent / "fixtures" / "schema2"  # cards of 0.2 before `intended_use`
 
 
 def _card() -> dict:
     return json.loads((SCHEMA1 / "schema1.json").read_text())
+
+
+def _schema2(name: str) -> dict:
+    return json.loads((SCHEMA2 / f"{name}.json").read_text())
+
+
+def _section(card: dict, path: tuple) -> dict:
+    """The part of a card's JSON at `path` (keys and list indices)."""
+    for key in path:
+        card = card[key]
+    return card
 
 
 def test_a_schema_1_card_reads_as_the_current_schema():
@@ -44,11 +70,7 @@ def test_a_schema_1_card_reads_as_the_current_schema():
 )
 def test_a_card_missing_a_field_is_refused_naming_it(drop, named):
     card = _card()
-    *parents, key = drop
-    section = card
-    for p in parents:
-        section = section[p]
-    del section[key]
+    del _section(card, drop[:-1])[drop[-1]]
     with pytest.raises(ModelFileError, match=rf"is missing {named}\b.*Re-export"):
         parse_card(card, "the card")
 
@@ -65,6 +87,87 @@ def test_a_newer_schema_or_a_foreign_json_is_refused():
 def test_unknown_keys_survive_a_round_trip():
     card = parse_card({**_card(), "notes": {"by": "a newer minor writer"}})
     assert json.loads(card.to_json())["notes"] == {"by": "a newer minor writer"}
+
+
+def test_unknown_keys_of_typed_sections_survive_a_round_trip():
+    data = _schema2("ens")
+    data["ood"]["note"] = "a newer minor writer's"
+    data["training"]["members"][1]["note"] = 1
+    written = json.loads(parse_card(data).to_json())
+    assert written["ood"]["note"] == "a newer minor writer's"
+    assert written["training"]["members"][1]["note"] == 1
+
+
+@pytest.mark.parametrize("name", ["single", "ens", "adapted"])
+def test_a_schema_2_card_without_intended_use_loads_and_round_trips_unchanged(name):
+    data = _schema2(name)
+    assert "intended_use" not in data
+    card = parse_card(data, name)
+    assert card.intended_use == research_use()
+    written = json.loads(card.to_json())
+    assert written.pop("intended_use") == research_use().model_dump()
+    assert written == data
+
+
+def test_the_sections_that_were_loose_are_typed():
+    single, ens, adapted = (parse_card(_schema2(n)) for n in ("single", "ens", "adapted"))
+    assert isinstance(single, ModelCard) and isinstance(single.ood, ModelOod)
+    assert isinstance(single.onnx, OnnxEntry) and single.onnx.input.shape == ["batch", 1, 32, 32]
+    assert isinstance(ens, EnsembleCard) and isinstance(ens.training, EnsembleTraining)
+    assert [m.name for m in ens.training.members] == [m.name for m in ens.members]
+    assert isinstance(ens.ood, EnsembleOod) and sum(ens.ood.n_train_members) == ens.ood.n_train
+    assert isinstance(adapted.adaptation.base, AdaptedFrom)
+    assert all(len(bounds) == 2 for bounds in adapted.adaptation.interval.values())
+
+
+def test_a_schema_1_card_gets_the_research_use():
+    card = read_card(SCHEMA1 / "schema1.json")
+    assert card.intended_use == research_use()
+    assert "not for diagnosis" in card.intended_use.purpose.lower()
+    assert "Kermany" in card.intended_use.population
+
+
+@pytest.mark.parametrize(
+    ("name", "drop"),
+    [
+        ("ens", ("training", "seconds")),
+        ("ens", ("training", "members", 0, "temperature")),
+        ("ens", ("ood", "combine")),
+        ("ens", ("ood", "n_train_members")),
+        ("single", ("ood", "shrinkage")),
+        ("single", ("onnx", "input", "dtype")),
+        ("adapted", ("adaptation", "base", "sha256")),
+        ("with_use", ("intended_use", "purpose")),
+    ],
+)
+def test_a_card_missing_a_typed_field_is_refused_naming_it(name, drop):
+    if name == "with_use":
+        card = _schema2("single") | {"intended_use": research_use().model_dump()}
+    else:
+        card = _schema2(name)
+    del _section(card, drop[:-1])[drop[-1]]
+    named = re.escape(".".join(map(str, drop)))
+    with pytest.raises(ModelFileError, match=rf"is missing {named}\b.*Re-export"):
+        parse_card(card, "the card")
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "value", "named"),
+    [
+        ("ens", ("training", "members"), "two", "training.members"),
+        ("ens", ("ood", "n_train_members"), [30, "many"], "ood.n_train_members.1"),
+        ("single", ("onnx", "opset"), "eighteen", "onnx.opset"),
+        ("adapted", ("adaptation", "base", "sha256"), "abc", "adaptation.base.sha256"),
+        ("adapted", ("adaptation", "interval", "NORMAL"), [0.1, 0.2, 0.3], "adaptation.interval"),
+        ("single", ("intended_use",), {"purpose": "x", "population": "y", "out_of_scope": "z"},
+         "intended_use.out_of_scope"),
+    ],
+)  # fmt: skip
+def test_a_mistyped_typed_field_is_refused_naming_it(name, path, value, named):
+    card = _schema2(name)
+    _section(card, path[:-1])[path[-1]] = value
+    with pytest.raises(ModelFileError, match=rf"invalid values \({re.escape(named)}"):
+        parse_card(card, "the card")
 
 
 def _old_export_with_fresh_weights(folder: Path) -> Path:

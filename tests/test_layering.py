@@ -1,7 +1,8 @@
 """The road's direction: inference and evaluation never import training; lazy imports; no cycles.
 
 The direction checks run in a fresh interpreter and read `sys.modules`, so that nothing this
-test process imported earlier can hide an import. The cycle check reads the source (`ast`), so
+test process imported earlier can hide an import (one interpreter for all of them, imports
+in order, lightest first). The cycle check reads the source (`ast`), so
 that an import inside a function counts as much as one at the top.
 """
 
@@ -17,49 +18,76 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "pneumo_fastai"
 
 
-def _modules_after(statement: str) -> list[str]:
-    script = f"import sys, json\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+DIRECTION = [  # inference and evaluation modules that must not import training
+    "pneumo_fastai.inference.loading",
+    "pneumo_fastai.inference.predict",
+    "pneumo_fastai.inference.onnx_engine",
+    "pneumo_fastai.evaluation.evaluate",
+    "pneumo_fastai.evaluation.plots",
+    "pneumo_fastai.evaluation.report",
+]
+STEPS = {  # name -> import statement; run in this order, lightest first
+    "lazy": "import pneumo_fastai, pneumo_fastai.card, pneumo_fastai.data.layout",
+    "onnx": "import pneumo_fastai.inference.onnx_engine, pneumo_fastai.inference.members",
+    "load_model": "from pneumo_fastai import load_model",
+    **{module: f"import {module}" for module in DIRECTION},
+}
+AFTER_EACH = """
+import json, sys
+after = {}
+for name, statement in json.loads(sys.argv[1]).items():
+    try:
+        exec(statement, {})
+    except ImportError as e:
+        after[name] = f"{type(e).__name__}: {e}"
+    else:
+        after[name] = sorted(sys.modules)
+print(json.dumps(after))
+"""
+
+
+@pytest.fixture(scope="module")
+def modules_after() -> dict[str, list[str] | str]:
+    """`sys.modules` after each of STEPS, run in order in one fresh interpreter (or the import's
+    error). A step also holds what the steps before it imported, so a check that passes on it
+    passes on its import alone."""
+    result = subprocess.run(
+        [sys.executable, "-c", AFTER_EACH, json.dumps(STEPS)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
 
 
-@pytest.mark.parametrize(
-    "module",
-    [
-        "pneumo_fastai.inference.loading",
-        "pneumo_fastai.inference.predict",
-        "pneumo_fastai.inference.onnx_engine",
-        "pneumo_fastai.evaluation.evaluate",
-        "pneumo_fastai.evaluation.plots",
-        "pneumo_fastai.evaluation.report",
-    ],
-)
-def test_inference_and_evaluation_do_not_import_training(module):
-    loaded = _modules_after(f"import {module}")
+def _loaded(modules_after: dict[str, list[str] | str], step: str) -> list[str]:
+    loaded = modules_after[step]
+    assert isinstance(loaded, list), f"{STEPS[step]}: {loaded}"
+    return loaded
+
+
+@pytest.mark.parametrize("module", DIRECTION)
+def test_inference_and_evaluation_do_not_import_training(module, modules_after):
+    loaded = _loaded(modules_after, module)
     assert module in loaded
     assert not [m for m in loaded if m.startswith("pneumo_fastai.training")]
     assert "accelerate" not in loaded and "fastai.distributed" not in loaded
 
 
-def test_the_onnx_engine_and_what_it_shares_import_neither_torch_nor_fastai():
+def test_the_onnx_engine_and_what_it_shares_import_neither_torch_nor_fastai(modules_after):
     pytest.importorskip("onnxruntime", reason="onnxruntime comes with the [onnx] extra")
-    loaded = _modules_after(
-        "import pneumo_fastai.inference.onnx_engine, pneumo_fastai.inference.members"
-    )
+    loaded = _loaded(modules_after, "onnx")
     assert "pneumo_fastai.inference.ood_check" in loaded
     assert not {"torch", "fastai", "torchvision"} & set(loaded)
 
 
-def test_load_model_does_not_import_accelerate_or_the_dataset_audit():
-    loaded = _modules_after("from pneumo_fastai import load_model")
+def test_load_model_does_not_import_accelerate_or_the_dataset_audit(modules_after):
+    loaded = _loaded(modules_after, "load_model")
     assert "pneumo_fastai.inference.predict" in loaded
     for absent in ("accelerate", "pneumo_fastai.training.train", "pneumo_fastai.datatools.check"):
         assert absent not in loaded, absent
 
 
-def test_import_pneumo_fastai_is_lazy():
-    loaded = _modules_after("import pneumo_fastai, pneumo_fastai.card, pneumo_fastai.data.layout")
+def test_import_pneumo_fastai_is_lazy(modules_after):
+    loaded = _loaded(modules_after, "lazy")
     assert not {"torch", "fastai", "numpy"} & set(loaded)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SHARED_DATA, require_shared_data
+from .helpers.data import SHARED_DATA, require_shared_data
 
 nbformat = pytest.importorskip("nbformat", reason="nbformat comes with the dev extra (nbmake)")
 nbclient = pytest.importorskip("nbclient", reason="nbclient comes with the dev extra (nbmake)")

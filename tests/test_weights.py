@@ -26,11 +26,11 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def served(tmp_path):
-    """A random ResNet34 state dict served on 127.0.0.1 under torchvision's naming scheme."""
-    folder = tmp_path / "www"
-    folder.mkdir()
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A random ResNet34 state dict served on 127.0.0.1 under torchvision's naming scheme (for
+    the module: the tests only download from it)."""
+    folder = tmp_path_factory.mktemp("www")
     blob = folder / "tmp.pth"
     torch.manual_seed(1)
     torch.save(torchvision.models.resnet34().state_dict(), blob)

@@ -30,7 +30,7 @@ def onnx(
 
     entry = export_onnx(model, out, opset)
     typer.echo(
-        f"Wrote {entry['file']} (opset {entry['opset']}, {entry['exporter']}; onnxruntime "
-        f"matches torch within {entry['parity_max_abs_diff']:.1e}). Predict with: "
+        f"Wrote {entry.file} (opset {entry.opset}, {entry.exporter}; onnxruntime "
+        f"matches torch within {entry.parity_max_abs_diff:.1e}). Predict with: "
         f"pneumo-fastai predict {model} FILES --engine onnx"
     )

@@ -17,11 +17,10 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..card import library_versions
+from ..card import library_versions, timestamp
 from ..config import CLASSES
 from ..fileio import staged_files
 from .evaluate import ARGMAX_THRESHOLD, Evaluation, format_threshold, model_facts
@@ -134,7 +133,7 @@ def metrics_dict(ev: Evaluation) -> dict[str, Any]:
             }
             results[mode][point] = {**summary, "confusion_matrix": matrix}
     return {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": timestamp(),
         "model": model_facts(run.exported),
         "test_set": {
             "folder": str(ts.folder),

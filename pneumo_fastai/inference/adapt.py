@@ -18,13 +18,12 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..card import Card, EnsembleCard, card_path_of, parse_card, read_card, verify_file
+from ..card import Card, EnsembleCard, card_path_of, parse_card, read_card, timestamp, verify_file
 from ..config import ADAPT_MIN_IMAGES
 from ..errors import PneumoError
 from ..fileio import sha256_file, write_text_atomic
@@ -125,7 +124,7 @@ def adapt_export(
     fields = _repointed(card, card_path, out)
     fields |= {
         "name": name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": timestamp(),
         "adaptation": {
             "method": METHOD.format(n_boot=n_boot),
             "rule": RULE,

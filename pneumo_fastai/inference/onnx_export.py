@@ -20,14 +20,13 @@ spec and the exporter), after a check that onnxruntime reproduces torch's fp32 p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..card import EnsembleCard, FileEntry, card_path_of
+from ..card import EnsembleCard, FileEntry, OnnxEntry, OnnxInput, card_path_of
 from ..data.preprocess import prep_of
 from ..errors import ModelFileError, PneumoError
 from ..fileio import atomic_path, sha256_file, write_text_atomic
@@ -94,7 +93,7 @@ def export_onnx(
     model: Path | str,  # the export's card (or its .pkl, .safetensors, folder)
     out: Path | str | None = None,  # default: NAME.onnx beside the card
     opset: int = DEFAULT_OPSET,
-) -> dict[str, Any]:
+) -> OnnxEntry:
     """Write the ONNX graph of an export and record it in the card; returns the card's entry."""
     import onnxruntime as ort
 
@@ -129,27 +128,27 @@ def export_onnx(
                 f"The ONNX graph disagrees with torch by {diff:.2e} (> {PARITY_ATOL}); not written."
             )
         digest = sha256_file(tmp)
-    entry = {
-        "file": out.name,
-        "opset": opset,
-        "exporter": exporter,
-        "parity_max_abs_diff": diff,
-        "input": {
-            "name": "image",
-            "shape": ["batch", 1, size, size],
-            "dtype": "uint8",
-            "range": [0, 255],
-            "size": size,
-            "resize": "squash (bilinear) to size x size",
-            "preprocessing": prep_of(card.input),
-            "channels": "gray; copied to 3 channels and ImageNet-normalised inside the graph",
-        },
-        "outputs": {
+    entry = OnnxEntry(
+        file=out.name,
+        opset=opset,
+        exporter=exporter,
+        parity_max_abs_diff=diff,
+        input=OnnxInput(
+            name="image",
+            shape=["batch", 1, size, size],
+            dtype="uint8",
+            range=[0, 255],
+            size=size,
+            resize="squash (bilinear) to size x size",
+            preprocessing=prep_of(card.input),
+            channels="gray; copied to 3 channels and ImageNet-normalised inside the graph",
+        ),
+        outputs={
             "probabilities": f"(batch, {len(card.classes)}) calibrated, classes {card.classes}",
             **({"features": "(batch, networks, 512) pooled layer4"} if graph.features else {}),
         },
-        "networks": len(card.members) if isinstance(card, EnsembleCard) else 1,
-    }
+        networks=len(card.members) if isinstance(card, EnsembleCard) else 1,
+    )
     card.files["onnx"] = FileEntry(name=out.name, sha256=digest)
     card.onnx = entry
     write_text_atomic(card_path, card.to_json())

@@ -87,10 +87,13 @@ def card_markdown(classifier: XrayClassifier, card_path: Path) -> str:
         else "single ResNet34"
     )
     counts = card.data.valid_counts
+    use = card.intended_use
     return "\n".join(
         [
             f"**Model** `{card.name}` ({kind}), classes {', '.join(card.classes)}, "
             f"input {card.input.size} px, created {card.created}",
+            f"**Intended use** {use.purpose} **Not for** {'; '.join(use.out_of_scope)}.",
+            f"**Population** {use.population}",
             f"**Training data** `{card.data.root}`; validation images: "
             + ", ".join(f"{k} {n}" for k, n in counts.items()),
             f"**Validation** at the decision threshold: {fig}",

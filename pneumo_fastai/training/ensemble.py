@@ -36,29 +36,32 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..card import (
-    CARD_SCHEMA_VERSION,
+    DecisionThreshold,
     EnsembleCard,
+    EnsembleData,
+    EnsembleOod,
+    EnsembleTraining,
     ExportPaths,
+    Member,
+    MemberTraining,
     ModelCard,
-    library_versions,
-    parse_card,
+    Validation,
     read_card,
 )
 from ..config import CLASSES, TrainConfig
 from ..data.layout import class_counts, fingerprint
 from ..errors import Interrupted, ModelFileError, PneumoError
 from ..evaluation.metrics import binary_metrics, choose_threshold, nan_to_none
-from ..fileio import sha256_file, staged_files
+from ..fileio import sha256_file
 from ..inference.ood import conformal_quantile
 from ..inference.ood_check import COMBINED, combined_score
-from .export import THRESHOLD_RULE, write_valid_csv
+from .export import THRESHOLD_RULE, card_header, write_export, write_valid_csv
 from .train import train
 
 Log = Callable[[str], None]
@@ -177,79 +180,70 @@ def pooled_predictions(
 def build_ensemble_card(
     config: TrainConfig, member_cards: Sequence[ModelCard], member_paths: Sequence[Path],
     card_path: Path, pooled: Sequence[Row],
-) -> dict[str, Any]:  # fmt: skip
-    """The ensemble card's fields (the `files` section is added when writing)."""
+) -> EnsembleCard:  # fmt: skip
+    """The ensemble's card, its `files` empty until `write_ensemble` fills them."""
     method = "folds" if config.folds else "seeds"
     y = np.array([int(row[1] != CLASSES[0]) for row in pooled])  # subtype labels: not NORMAL
     p = np.array([row[2] for row in pooled])
     threshold = choose_threshold(y, p, config.target_sensitivity)
     root = Path(member_cards[0].data.root)
     files = [root / row[0] for row in pooled]
-    first = member_cards[0]
-    return {
-        "schema_version": CARD_SCHEMA_VERSION,
-        "kind": "ensemble",
-        "task": first.task,
-        "name": config.name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "classes": first.classes,
-        "positive_class": first.positive_class,
-        "input": first.input.model_dump(),
-        "config": config.to_dict(),
-        "members": [
-            {
-                "name": card.name,
-                "card": path.relative_to(card_path.parent).as_posix(),
-                "sha256": sha256_file(path),
-                "files": {k: v.model_dump() for k, v in card.files.items()},
-            }
+    return EnsembleCard(
+        **card_header(config, member_cards[0].input),
+        members=[
+            Member(
+                name=card.name,
+                card=path.relative_to(card_path.parent).as_posix(),
+                sha256=sha256_file(path),
+                files=card.files,
+            )
             for card, path in zip(member_cards, member_paths, strict=True)
         ],
-        "combine": COMBINE,
-        "data": {
-            "root": str(root),
-            "method": method,
-            "k": len(member_cards),
-            "n_valid": len(pooled),
-            "valid_counts": class_counts(files),
-            "valid_fingerprint": fingerprint(files, root),
-        },
-        "training": {
-            "seconds": round(sum(c.training.seconds for c in member_cards), 1),
-            "members": [
-                {
-                    "name": c.name,
-                    "epochs_run": c.training.epochs_run,
-                    "best_epoch": c.training.best_epoch,
-                    "seconds": c.training.seconds,
-                    "temperature": c.temperature,
-                }
+        combine=COMBINE,
+        data=EnsembleData(
+            root=str(root),
+            method=method,
+            k=len(member_cards),
+            n_valid=len(pooled),
+            valid_counts=class_counts(files),
+            valid_fingerprint=fingerprint(files, root),
+        ),
+        training=EnsembleTraining(
+            seconds=round(sum(c.training.seconds for c in member_cards), 1),
+            members=[
+                MemberTraining(
+                    name=c.name,
+                    epochs_run=c.training.epochs_run,
+                    best_epoch=c.training.best_epoch,
+                    seconds=c.training.seconds,
+                    temperature=c.temperature,
+                )
                 for c in member_cards
             ],
-        },
-        "validation": {
-            "best_epoch": {},
-            "argmax": nan_to_none(binary_metrics(y, p, 0.5)),
-            "at_threshold": nan_to_none(binary_metrics(y, p, threshold)),
-        },
-        "decision_threshold": {
-            "value": float(threshold),
-            "target_sensitivity": config.target_sensitivity,
-            "rule": THRESHOLD_RULE.replace(
+        ),
+        validation=Validation(
+            best_epoch={},
+            argmax=nan_to_none(binary_metrics(y, p, 0.5)),
+            at_threshold=nan_to_none(binary_metrics(y, p, threshold)),
+        ),
+        decision_threshold=DecisionThreshold(
+            value=float(threshold),
+            target_sensitivity=config.target_sensitivity,
+            rule=THRESHOLD_RULE.replace(
                 "on validation",
                 "on the pooled out-of-fold predictions, applied to the members' mean"
                 if method == "folds"
                 else "on the mean of the members' validation predictions",
             ),
-        },
-        "versions": library_versions(),
-        "ood": ensemble_ood(member_cards, method, pooled),
-    }
+        ),
+        ood=ensemble_ood(member_cards, method, pooled),
+        files={},
+    )
 
 
 def ensemble_ood(
     member_cards: Sequence[ModelCard], method: str, pooled: Sequence[Row]
-) -> dict[str, Any] | None:
+) -> EnsembleOod | None:
     """The ensemble's OOD record: a threshold on `combined_score` (see the module docstring)."""
     if ood_scales(member_cards) is None:
         return None
@@ -262,30 +256,25 @@ def ensemble_ood(
         if method == "folds"
         else "the members' combined scores of the images of their shared validation split"
     )
-    return {
-        "method": first.method,
-        "combine": COMBINED,
-        "features": first.features,
-        "alpha": first.alpha,
-        "threshold": threshold,
-        "threshold_rule": f"(n+1) conformal quantile at 1 - alpha of {held_out}; applied to the "
+    return EnsembleOod(
+        method=first.method,
+        combine=COMBINED,
+        features=first.features,
+        alpha=first.alpha,
+        threshold=threshold,
+        threshold_rule=f"(n+1) conformal quantile at 1 - alpha of {held_out}; applied to the "
         "combined score",
-        "n_train": sum(c.ood.n_train for c in member_cards),
-        "n_train_members": [c.ood.n_train for c in member_cards],
-        "n_valid": len(scores),
-        "valid_flagged": float((scores > threshold).mean()),
-    }
+        n_train=sum(c.ood.n_train for c in member_cards),
+        n_train_members=[c.ood.n_train for c in member_cards],
+        n_valid=len(scores),
+        valid_flagged=float((scores > threshold).mean()),
+    )
 
 
-def write_ensemble(card_path: Path, fields: dict[str, Any], pooled: Sequence[Row]) -> EnsembleCard:
-    """Write the pooled predictions and the ensemble card, atomically."""
-    valid_path = card_path.with_suffix(".valid.csv")
-    with staged_files(card_path.parent, [valid_path, card_path]) as (valid, card_tmp):
-        write_valid_csv(valid, pooled)
-        files = {"valid": {"name": valid_path.name, "sha256": sha256_file(valid)}}
-        card = parse_card({**fields, "files": files}, "the new ensemble card")
-        card_tmp.write_text(card.to_json())
-    return card
+def write_ensemble(card_path: Path, card: EnsembleCard, pooled: Sequence[Row]) -> EnsembleCard:
+    """Write the pooled predictions and the ensemble card listing them, atomically."""
+    paths = ExportPaths.for_name(card_path.parent, card_path.stem)
+    return write_export(paths, card, {"valid": lambda tmp: write_valid_csv(tmp, pooled)})
 
 
 def train_ensemble(
@@ -322,8 +311,9 @@ def train_ensemble(
     paths = [ExportPaths.for_name(c.exports, c.name).card for c in configs]
     card_path = ExportPaths.for_name(config.exports, config.name).card
     pooled = pooled_predictions("folds" if config.folds else "seeds", paths, ood_scales(cards))
-    fields = build_ensemble_card(config, cards, paths, card_path, pooled)
-    card = write_ensemble(card_path, fields, pooled)
+    card = write_ensemble(
+        card_path, build_ensemble_card(config, cards, paths, card_path, pooled), pooled
+    )
     if config.onnx:
         from ..inference.onnx_export import export_onnx
 

@@ -349,7 +349,6 @@ def _export(done: FinishedRun) -> ModelCard:
         "valid": lambda p: write_valid_csv(p, rows),
     }
     if done.detector is not None:
-        fields["ood"] = done.detector.facts
         writers["ood"] = done.detector.stats.save
     card = write_export(paths, fields, writers)
     if config.onnx:

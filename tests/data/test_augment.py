@@ -14,7 +14,7 @@ from pneumo_fastai.data.layout import discover
 from pneumo_fastai.model import build_learner
 from pneumo_fastai.training.train import recipe_callbacks
 
-from ..conftest import make_dataset
+from ..helpers.data import make_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -132,24 +132,24 @@ def test_recipe_options_are_validated():
         _config(min_zoom=1.2, max_zoom=1.1)
 
 
-def test_options_are_recorded_in_the_card_and_preprocessing_applied_at_inference(tmp_path):
+def test_options_are_recorded_in_the_card_and_preprocessing_applied_at_inference(
+    trained, tiny_config
+):
     import numpy as np
 
     from pneumo_fastai.config import IMAGENET_MEAN, IMAGENET_STD
     from pneumo_fastai.data.images import load_xray
     from pneumo_fastai.data.preprocess import Preprocessing
     from pneumo_fastai.inference.loading import load_export
-    from pneumo_fastai.training.train import train
 
-    data = make_dataset(tmp_path / "d", 12, 12)
     options = dict(crop_margin=0.1, equalize="hist", gamma=0.3, mixup=0.2, progressive=0.5)
-    config = _config(data=data, exports=tmp_path / "x", epochs=2, **options)
-    card = train(config, progress=False, log=lambda _: None).card
+    run = trained(tiny_config.replace(**{**PLAIN, **options}, size=32, cache=False, epochs=2))
+    card = run.result.card
     assert card.input.preprocessing == {"size": 32, "crop_margin": 0.1, "equalize": "hist"}
     assert all(card.config[k] == v for k, v in options.items())
     assert card.calibration is not None and card.calibration.temperature > 0
-    exported = load_export(tmp_path / "x" / "pneumo_resnet34.json", device="cpu")
-    f = discover(data).files[0]
+    exported = load_export(run.card, device="cpu")
+    f = discover(run.config.data).files[0]
     xb = exported.dataloader([f], num_workers=0).one_batch()[0].as_subclass(torch.Tensor)
     prepared = Preprocessing(32, 0.1, "hist")(load_xray(f, draft=32))
     expected = np.asarray(prepared, np.float32) / 255 - np.array(IMAGENET_MEAN)[:, None, None]

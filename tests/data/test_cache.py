@@ -8,7 +8,7 @@ from pneumo_fastai.data.cache import decode_prepared, fill_cache, should_cache
 from pneumo_fastai.data.layout import discover
 from pneumo_fastai.data.preprocess import Preprocessing
 
-from ..conftest import write_image
+from ..helpers.data import write_image
 
 
 def test_fill_cache_decodes_every_file_to_the_training_size(dataset):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,7 @@ from pneumo_fastai.data.images import (
 from pneumo_fastai.data.layout import discover
 from pneumo_fastai.errors import DataError
 
-from ..conftest import write_image
+from ..helpers.data import png_header, write_image
 
 RAMP12 = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (8, 1))  # 8 x 256, 12-bit ramp
 
@@ -89,19 +87,6 @@ def write_dicom(
         ds["PixelData"].is_undefined_length = True
     ds.save_as(path, enforce_file_format=True)
     return path
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A well-formed PNG that declares `width` x `height` but holds almost no pixel data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def test_suffix_sets():

@@ -5,7 +5,7 @@ import pytest
 from pneumo_fastai.data.layout import discover, fingerprint, resolve_root
 from pneumo_fastai.errors import DataError
 
-from ..conftest import make_dataset, write_image
+from ..helpers.data import make_dataset, write_image
 
 
 def test_discover_merges_train_and_val_and_never_reads_test(tmp_path):

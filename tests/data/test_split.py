@@ -16,7 +16,7 @@ from pneumo_fastai.data.split import (
     patient_split,
 )
 
-from ..conftest import make_dataset, require_shared_data
+from ..helpers.data import make_dataset, require_shared_data
 
 
 def test_image_split_is_the_seeded_permutation_first_70_percent_train():

@@ -2,7 +2,7 @@
 
 Most tests write the ensemble's card and pooled predictions by hand (the audit reads nothing
 else of an export), so that a few labels can be planted wrong with confident out-of-fold
-probabilities; one slow test audits a real 2-fold ensemble trained on the tiny dataset.
+probabilities; one slow test audits the session's real 2-fold ensemble (`ensemble_config`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from pneumo_fastai.datatools.audit import COLUMNS, ISSUES_CSV, SHEET_PNG, audit_
 from pneumo_fastai.errors import PneumoError
 from pneumo_fastai.fileio import sha256_file
 
-from ..conftest import make_dataset, one_torch_thread
+from ..helpers.cli import run_main
+from ..helpers.data import make_dataset
 
 runner = CliRunner()
 SCHEMA1 = Path(__file__).parents[1] / "fixtures" / "schema1" / "schema1.json"
@@ -76,7 +77,7 @@ def write_ensemble(
         ],
         "data": {"root": str(root), "method": method, "k": 2, "n_valid": len(rows),
                  "valid_counts": {}, "valid_fingerprint": "0" * 16},
-        "training": {}, "combine": "mean", "files": {
+        "training": {"seconds": 0.0, "members": []}, "combine": "mean", "files": {
             "valid": {"name": valid.name, "sha256": sha256_file(valid)}
         },
     }  # fmt: skip
@@ -207,12 +208,13 @@ def _single(card: Path) -> None:
     ],
     ids=["single", "seeds", "no-valid", "tampered", "not-a-card", "no-card"],
 )
-def test_bad_input_is_one_message_and_exit_2(exported, tmp_path, spoil, said):
+def test_bad_input_is_one_message_and_exit_2(exported, tmp_path, spoil, said, monkeypatch, capsys):
     card, _ = exported
     spoil(card)
-    result = _cli(str(card), "--out", str(tmp_path / "audit"))
-    assert result.returncode == 2, result.stderr
-    assert said in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
+    code = run_main(monkeypatch, "data", "audit", card, "--out", tmp_path / "audit")
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert said in " ".join(err.split()) and "Traceback" not in err
     assert not (tmp_path / "audit").exists(), "nothing written"
 
 
@@ -243,18 +245,9 @@ def test_help_imports_neither_cleanlab_nor_matplotlib_nor_torch():
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.slow
-def test_a_real_folds_ensemble_is_audited_end_to_end(tmp_path):
-    from pneumo_fastai.config import TrainConfig
-    from pneumo_fastai.training.ensemble import train_ensemble
-
-    root = make_dataset(tmp_path / "chest_xray")
-    config = TrainConfig(
-        data=root, exports=tmp_path / "exports", size=32, bs=8, epochs=1, num_workers=0,
-        pretrained=False, ood=False, name="ens", folds=2,
-    )  # fmt: skip
-    with one_torch_thread():
-        ensemble = train_ensemble(config, progress=False, log=lambda _: None)
+def test_a_real_folds_ensemble_is_audited_end_to_end(trained, ensemble_config, tmp_path):
+    ensemble = trained(ensemble_config).result
+    root = ensemble_config.data
     audit = audit_ensemble(ensemble.card_path, tmp_path / "audit")
     rows = _read(audit.csv)
     every = sorted(relative_name(f, root) for f in discover(root).files)

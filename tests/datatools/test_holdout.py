@@ -7,7 +7,7 @@ from pneumo_fastai.data.names import label_of, patient_id
 from pneumo_fastai.datatools.holdout import carve_holdout
 from pneumo_fastai.errors import DataError
 
-from ..conftest import make_dataset
+from ..helpers.data import make_dataset
 
 
 def test_holdout_is_patient_disjoint_stratified_and_links_every_file(tmp_path):

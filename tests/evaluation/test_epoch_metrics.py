@@ -13,7 +13,6 @@ import pytest
 from fastai.metrics import AccumMetric
 from sklearn.metrics import roc_auc_score
 
-from pneumo_fastai.config import TrainConfig
 from pneumo_fastai.evaluation import epoch_metrics
 from pneumo_fastai.evaluation.epoch_metrics import (
     balanced_accuracy,
@@ -25,8 +24,6 @@ from pneumo_fastai.evaluation.epoch_metrics import (
     recall_pneumonia,
     roc_auc,
 )
-
-from ..conftest import one_torch_thread
 
 SCHEMA1_PKL = Path(__file__).parents[1] / "fixtures" / "schema1" / "schema1_tiny.pkl"
 # NORMAL, BACTERIA, VIRUS: 3 NORMAL (one called VIRUS), 3 BACTERIA (one called NORMAL), 2 VIRUS
@@ -129,32 +126,27 @@ import json, sys, warnings
 from pathlib import Path
 warnings.simplefilter("ignore")
 from fastai.learner import load_learner
-learn = load_learner(sys.argv[1])
-files = sorted(p for p in Path(sys.argv[2]).rglob("*.jpeg"))
-loss, *values = learn.validate(dl=learn.dls.test_dl(files, with_labels=True))
-print(json.dumps(dict(zip([m.name for m in learn.metrics], values))))
+for pkl, folder in zip(sys.argv[1::2], sys.argv[2::2]):
+    learn = load_learner(pkl)
+    files = sorted(p for p in Path(folder).rglob("*.jpeg"))
+    loss, *values = learn.validate(dl=learn.dls.test_dl(files, with_labels=True))
+    print(json.dumps(dict(zip([m.name for m in learn.metrics], values))))
 """
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("task", ["binary", "subtype"])
-def test_a_fresh_export_reloads_and_computes_its_metrics_in_a_fresh_process(
-    task, dataset, tmp_path
+def test_fresh_exports_reload_and_compute_their_metrics_in_a_fresh_process(
+    tiny_export, subtype_export, evaluation_data, tiny_data, tmp_path
 ):
-    from pneumo_fastai.training.train import train
-
-    config = TrainConfig(
-        data=dataset, task=task, exports=tmp_path / "exports", size=32, bs=8, epochs=1,
-        num_workers=0, pretrained=False, ood=False,
-    )  # fmt: skip
-    with one_torch_thread():
-        pkl = train(config, progress=False, log=lambda _: None).paths.pkl
+    """A binary and a three-class export, in one fresh interpreter, on their training images."""
+    exports = {2: (tiny_export, evaluation_data / "train"), 3: (subtype_export, tiny_data)}
+    args = [str(a) for card, data in exports.values() for a in (card.with_suffix(".pkl"), data)]
     out = subprocess.run(
-        [sys.executable, "-c", RELOAD, str(pkl), str(dataset)],
+        [sys.executable, "-c", RELOAD, *args],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    values = json.loads(out.stdout.splitlines()[-1])
-    expected = learner_metrics(len(config.classes))
-    assert list(values) == [getattr(m, "name", "accuracy") for m in expected]
-    assert all(0 <= v <= 1 for v in values.values()), values  # every class present: no nan
+    for n_classes, line in zip(exports, out.stdout.splitlines()[-2:], strict=True):
+        values = json.loads(line)
+        expected = learner_metrics(n_classes)
+        assert list(values) == [getattr(m, "name", "accuracy") for m in expected]
+        assert all(0 <= v <= 1 for v in values.values()), values  # every class present: no nan

@@ -2,8 +2,8 @@
 bad test folders, and the `pneumo-fastai evaluate` command.
 
 The tiny export (ResNet34 from scratch, 1 epoch, 64 px, synthetic images) and one full
-evaluation are built once per session by `session_evaluation`, which test_report.py and
-test_interpret.py use too.
+evaluation of it are built once per session: the `done` fixture (tests/evaluation/conftest.py),
+which test_report.py and test_plots.py use too.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import csv
 import json
 import math
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,12 +20,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pneumo_fastai.cli import app
-from pneumo_fastai.config import CLASSES, TrainConfig
+from pneumo_fastai.config import CLASSES
 from pneumo_fastai.data.layout import fingerprint
 from pneumo_fastai.data.names import patient_id
 from pneumo_fastai.errors import DataError, ModelFileError, PneumoError
 from pneumo_fastai.evaluation.evaluate import (
-    Evaluation,
     compute_figures,
     evaluate,
     find_test_folder,
@@ -35,110 +32,20 @@ from pneumo_fastai.evaluation.evaluate import (
     operating_points,
 )
 from pneumo_fastai.evaluation.metrics import choose_threshold
-from pneumo_fastai.evaluation.plots import PLOTS, draw_all
-from pneumo_fastai.evaluation.report import ReportFiles, write_report
+from pneumo_fastai.evaluation.report import write_report
 from pneumo_fastai.fileio import sha256_file
 from pneumo_fastai.inference.loading import load_export
-from pneumo_fastai.training.train import train
 
-from ..conftest import require_shared_data
+from ..helpers.data import (
+    BAD_FILES,
+    TEST_PATIENTS,
+    good_test_files,
+    make_split,
+    require_shared_data,
+)
+from ..helpers.evaluation import N_BOOT
 
-N_BOOT = 1000
-TEST_PATIENTS = 4  # per class, two images each
-BAD_FILES = {  # corrupt or foreign files put in the test folder, with how their reason starts
-    "NORMAL/IM-9001-0001.jpeg": "empty",
-    "PNEUMONIA/person9002_bacteria_1.jpeg": "image file is truncated",
-    "PNEUMONIA/notes.txt": "not a",
-}
-_CACHE: dict[str, Any] = {}
-
-
-def _xray(path: Path, cls: str, seed: int) -> None:
-    """A noisy non-square gray image; PNEUMONIA ones carry a bright patch."""
-    rng = np.random.RandomState(seed)
-    pixels = rng.randint(0, 110, (90, 76)).astype(np.uint8)
-    if cls == "PNEUMONIA":
-        top, left = rng.randint(0, 40), rng.randint(0, 30)
-        pixels[top : top + 45, left : left + 40] += 120
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels, "L").save(path, quality=90)
-
-
-def make_split(folder: Path, patients: int, first_id: int) -> None:
-    """`patients` patients per class with two images each, named like the Kermany files."""
-    for k in range(patients):
-        pid = first_id + k
-        for j in (1, 2):
-            _xray(folder / "NORMAL" / f"IM-{pid:04d}-{j:04d}.jpeg", "NORMAL", 2 * pid + j)
-            name = f"person{pid}_bacteria_{j}.jpeg"
-            _xray(folder / "PNEUMONIA" / name, "PNEUMONIA", 7919 * pid + j)
-
-
-def add_bad_files(folder: Path) -> None:
-    """An empty JPEG, a truncated JPEG and a text file in the class folders."""
-    (folder / "NORMAL" / "IM-9001-0001.jpeg").write_bytes(b"")
-    good = next((folder / "PNEUMONIA").glob("*.jpeg")).read_bytes()
-    (folder / "PNEUMONIA" / "person9002_bacteria_1.jpeg").write_bytes(good[: len(good) // 2])
-    (folder / "PNEUMONIA" / "notes.txt").write_text("not an image")
-
-
-def tiny_export(base: Path) -> Path:
-    """The tiny export's card (trained once per session) and its dataset beside it."""
-    if "card" not in _CACHE:
-        root = base / "ds"
-        make_split(root / "train", patients=6, first_id=100)
-        make_split(root / "test", patients=TEST_PATIENTS, first_id=500)
-        add_bad_files(root / "test")
-        config = TrainConfig(
-            data=root, pretrained=False, epochs=1, size=64, bs=8, num_workers=0,
-            exports=base / "exp", name="tiny",
-        )  # fmt: skip
-        _CACHE["card"] = train(config, progress=False, log=lambda _: None).paths.card
-    return _CACHE["card"]
-
-
-@dataclass
-class Done:
-    """One full evaluation of the tiny export with TTA and a re-chosen threshold."""
-
-    card: Path
-    data: Path  # dataset root
-    ev: Evaluation
-    plots: dict[str, Path]
-    files: ReportFiles
-
-
-def full_evaluation(base: Path) -> Done:
-    """Evaluate, draw and write the report once per session."""
-    if "done" not in _CACHE:
-        card = tiny_export(base)
-        data = card.parent.parent / "ds"
-        ev = evaluate(
-            card, data, tta=True, target_sensitivity=0.9, n_boot=N_BOOT, num_workers=0, bs=16
-        )
-        out = base / "report"
-        plots = draw_all(ev.run, out / PLOTS, n_top=4, n_correct=4)
-        _CACHE["done"] = Done(card, data, ev, plots, write_report(ev, plots, out))
-    return _CACHE["done"]
-
-
-def session_evaluation(tmp_path_factory: pytest.TempPathFactory) -> Done:
-    """`full_evaluation` in the session's temporary folder (the `done` fixture of each module)."""
-    return full_evaluation(tmp_path_factory.getbasetemp() / "pneumo-eval")
-
-
-pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="session")
-def done(tmp_path_factory) -> Done:
-    return session_evaluation(tmp_path_factory)
-
-
-def _good_test_files(data: Path) -> list[Path]:
-    test = data / "test"
-    bad = {test / name for name in BAD_FILES}
-    return sorted(p for p in test.rglob("*") if p.is_file() and p not in bad)
+pytestmark = pytest.mark.usefixtures("single_thread")  # `done` makes these slow (conftest.py)
 
 
 def test_every_figure_at_both_rules_with_intervals_around_it(done):
@@ -208,7 +115,7 @@ def test_corrupt_and_foreign_files_are_left_out_with_reasons(done):
     assert set(skipped) == set(BAD_FILES)
     for name, words in BAD_FILES.items():
         assert skipped[name].startswith(words), (name, skipped[name])
-    assert list(ts.files) == _good_test_files(done.data)
+    assert list(ts.files) == good_test_files(done.data)
     assert len(done.ev.run.probabilities["plain"]) == len(ts.files) == 4 * TEST_PATIENTS
 
 

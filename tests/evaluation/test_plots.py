@@ -1,4 +1,4 @@
-"""Plots and Grad-CAM on the tiny export evaluated once per session (see test_evaluate.py)."""
+"""Plots and Grad-CAM on the tiny export evaluated once per session (`done`, conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,12 @@ from pneumo_fastai.cli import app
 from pneumo_fastai.evaluation.gradcam import grad_cam
 from pneumo_fastai.evaluation.plots import CAPTIONS, read_history, training_figure
 
-from . import test_evaluate as shared
+from ..helpers.evaluation import Done
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.fixture(scope="session")
-def done(tmp_path_factory) -> shared.Done:
-    return shared.session_evaluation(tmp_path_factory)
-
-
-def _batch(done: shared.Done, idxs: list[int]) -> torch.Tensor:
+def _batch(done: Done, idxs: list[int]) -> torch.Tensor:
     run = done.ev.run
     files = [run.test_set.files[i] for i in idxs]
     return next(iter(run.exported.dataloader(files, bs=len(files), num_workers=0)))[0]

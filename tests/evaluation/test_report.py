@@ -1,4 +1,4 @@
-"""Report files of the tiny export's session evaluation (see test_evaluate.py): metrics.json,
+"""Report files of the tiny export's session evaluation (`done`, conftest.py): metrics.json,
 predictions.csv, report.md, a self-contained report.html, and the terminal table."""
 
 from __future__ import annotations
@@ -22,12 +22,8 @@ from pneumo_fastai.evaluation.evaluate import SkippedFile
 from pneumo_fastai.evaluation.report import write_report
 from pneumo_fastai.fileio import sha256_file
 
-from . import test_evaluate as shared
-
-
-@pytest.fixture(scope="session")
-def done(tmp_path_factory) -> shared.Done:
-    return shared.session_evaluation(tmp_path_factory)
+from ..helpers.data import BAD_FILES, good_test_files
+from ..helpers.evaluation import N_BOOT
 
 
 def _no_nan(value: str) -> float:
@@ -41,13 +37,13 @@ def test_metrics_json_identifies_model_and_test_set_and_holds_every_figure(done)
     assert m["model"]["name"] == "tiny"
     assert m["model"]["card_sha256"] == sha256_file(done.card)
     assert m["model"]["valid_fingerprint"] == card["data"]["valid_fingerprint"]
-    assert m["test_set"]["fingerprint"] == fingerprint(shared._good_test_files(done.data), ts.root)
+    assert m["test_set"]["fingerprint"] == fingerprint(good_test_files(done.data), ts.root)
     assert m["test_set"]["n_images"] == 16 and m["test_set"]["n_skipped"] == 3
     assert m["test_set"]["counts"] == {"NORMAL": 8, "PNEUMONIA": 8}
-    assert {s["file"] for s in m["skipped"]} == {f"test/{name}" for name in shared.BAD_FILES}
+    assert {s["file"] for s in m["skipped"]} == {f"test/{name}" for name in BAD_FILES}
     assert all(s["reason"] for s in m["skipped"])
     assert m["bootstrap"] == {
-        "n_resamples": shared.N_BOOT,
+        "n_resamples": N_BOOT,
         "seed": 0,
         "level": 0.95,
         "unit": "patient",

@@ -2,8 +2,6 @@
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,9 @@ from pneumo_fastai.card import read_card
 from pneumo_fastai.config import ADAPT_MIN_IMAGES
 from pneumo_fastai.inference.prior_shift import PriorShift, em_prevalence
 
-from ..conftest import SHARED_DATA, one_torch_thread, write_image
+from ..helpers.cli import run_main
+from ..helpers.data import SHARED_DATA, write_image
+from ..helpers.system import one_torch_thread
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
@@ -28,18 +28,14 @@ def _site(folder: Path, n_normal: int, n_pneumonia: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def adapted(real_export, tmp_path_factory):
-    """The session's real export, with its ONNX graph, adapted to a site with 70 % NORMAL."""
+def adapted(onnx_export, tmp_path_factory):
+    """The session's real export, with its ONNX graph, adapted to a site with 70 % NORMAL (into a
+    sub-folder beside it)."""
     from pneumo_fastai.inference.adapt import adapt_export
-    from pneumo_fastai.inference.onnx_export import export_onnx
 
-    folder = tmp_path_factory.mktemp("adapt")
-    for f in real_export.parent.glob(f"{real_export.stem}.*"):
-        shutil.copy(f, folder / f.name)
-    site = _site(folder / "site", 91, 39)
+    site = _site(tmp_path_factory.mktemp("adapt") / "site", 91, 39)
     with one_torch_thread():
-        export_onnx(folder / real_export.name)
-        result = adapt_export(folder / real_export.name, site, "site", folder / "adapted")
+        result = adapt_export(onnx_export, site, "site", onnx_export.parent / "adapted")
     return result, site
 
 
@@ -76,7 +72,7 @@ def test_every_engine_applies_the_rule_to_its_unadapted_probabilities(adapted, e
 
 
 def _source(result) -> Path:
-    return result.card_path.parent.parent / f"{result.card.adaptation.base['name']}.json"
+    return result.card_path.parent.parent / f"{result.card.adaptation.base.name}.json"
 
 
 def test_em_on_the_sites_unadapted_probabilities_gives_the_cards_estimate(adapted):
@@ -90,29 +86,31 @@ def test_em_on_the_sites_unadapted_probabilities_gives_the_cards_estimate(adapte
     assert estimate == pytest.approx(result.shift.target, abs=0.02)
 
 
-def _adapt_cli(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pneumo_fastai.cli", "adapt", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-
-def test_too_few_x_rays_are_refused_saying_how_many_are_needed(real_export, tmp_path):
+def test_too_few_x_rays_are_refused_saying_how_many_are_needed(
+    real_export, tmp_path, monkeypatch, capsys
+):
     site = _site(tmp_path / "small", 10, 10)
-    result = _adapt_cli(real_export, site, "--name", "small", "--exports", tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"needs at least {ADAPT_MIN_IMAGES}" in result.stderr and "of 20 file(s)" in result.stderr
+    args = [real_export, site, "--name", "small", "--exports", tmp_path]
+    code = run_main(monkeypatch, "adapt", *args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"needs at least {ADAPT_MIN_IMAGES}" in err and "of 20 file(s)" in err
     assert not (tmp_path / "small.json").exists()
 
 
 @pytest.mark.parametrize("content", ["empty", "not images"])
-def test_an_empty_or_non_image_folder_is_refused(real_export, tmp_path, content):
+def test_an_empty_or_non_image_folder_is_refused(
+    real_export, tmp_path, content, monkeypatch, capsys
+):
     site = tmp_path / "site"
     site.mkdir()
     if content == "not images":
         (site / "notes.txt").write_text("no X-rays here")
         write_image(site / "photo.gif", seed=0)  # not a suffix the engines read
-    result = _adapt_cli(real_export, site, "--name", "x", "--exports", tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "No images found" in result.stderr
+    code = run_main(monkeypatch, "adapt", real_export, site, "--name", "x", "--exports", tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "No images found" in err
 
 
 def test_a_three_class_export_and_its_own_name_are_refused(real_export, tmp_path):

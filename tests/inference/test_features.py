@@ -7,6 +7,8 @@ from pneumo_fastai.config import TrainConfig
 from pneumo_fastai.inference.features import capture, pooled_layers
 from pneumo_fastai.model import EnsembleModule, build_model
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture(scope="module")
 def ensemble() -> EnsembleModule:

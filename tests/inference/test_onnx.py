@@ -15,24 +15,11 @@ from pneumo_fastai.card import read_card
 from pneumo_fastai.errors import ModelFileError
 from pneumo_fastai.inference.predict import load_model
 
-from ..conftest import SHARED_DATA, one_torch_thread
+from ..helpers.data import SHARED_DATA
+from ..helpers.system import one_torch_thread
 
 pytest.importorskip("onnxruntime", reason="onnxruntime comes with the [onnx] extra")
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def onnx_export(real_export: Path, tmp_path_factory) -> Path:
-    """A copy of the session's real export with its ONNX graph written."""
-    from pneumo_fastai.inference.onnx_export import export_onnx
-
-    folder = tmp_path_factory.mktemp("onnx")
-    for f in real_export.parent.glob(f"{real_export.stem}.*"):
-        shutil.copy(f, folder / f.name)
-    card = folder / real_export.name
-    with one_torch_thread():
-        export_onnx(card)
-    return card
 
 
 def xrays(n: int) -> list[Path]:
@@ -43,10 +30,10 @@ def xrays(n: int) -> list[Path]:
 def test_the_card_records_the_graph(onnx_export: Path):
     card = read_card(onnx_export)
     assert card.files["onnx"].name == onnx_export.with_suffix(".onnx").name
-    spec = card.onnx["input"]
-    assert spec["dtype"] == "uint8" and spec["shape"] == ["batch", 1, 64, 64]
-    assert spec["preprocessing"] == card.input.preprocessing
-    assert card.onnx["parity_max_abs_diff"] <= 1e-4
+    spec = card.onnx.input
+    assert spec.dtype == "uint8" and spec.shape == ["batch", 1, 64, 64]
+    assert spec.preprocessing == card.input.preprocessing
+    assert card.onnx.parity_max_abs_diff <= 1e-4
 
 
 def test_onnx_probabilities_equal_torch_fp32_and_every_label_agrees(onnx_export: Path, tmp_path):

@@ -19,7 +19,9 @@ from pneumo_fastai.inference.ood import (
 from pneumo_fastai.inference.ood_check import OodCheck, combined_score
 from pneumo_fastai.inference.predict import load_model
 
-from ..conftest import SHARED_DATA, one_torch_thread
+from ..helpers.cards import old_export_with_fresh_weights
+from ..helpers.data import SHARED_DATA
+from ..helpers.system import one_torch_thread
 
 runner = CliRunner()
 
@@ -109,9 +111,7 @@ def test_the_ood_policy_of_predict(real_export, tmp_path, policy, code):
 
 
 def test_an_export_without_ood_statistics_says_unknown_once(tmp_path):
-    from ..test_card import _old_export_with_fresh_weights
-
-    card = _old_export_with_fresh_weights(tmp_path)
+    card = old_export_with_fresh_weights(tmp_path)
     img = _gray(256, 256)
     img.save(a := tmp_path / "a.png")
     img.save(b := tmp_path / "b.png")

@@ -6,117 +6,34 @@ import csv
 import io
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 from typer.testing import CliRunner
 
 import pneumo_fastai
-from pneumo_fastai.cli import app, main
-from pneumo_fastai.config import TrainConfig
-from pneumo_fastai.errors import DataError, ModelFileError
+from pneumo_fastai.cli import app
+from pneumo_fastai.errors import ModelFileError
 from pneumo_fastai.inference import classifier
-from pneumo_fastai.inference.inputs import expand_inputs
 from pneumo_fastai.inference.predict import XrayClassifier, load_model
 from pneumo_fastai.inference.results import OUTPUT_COLUMNS, Prediction
-from pneumo_fastai.training.train import train
 
-from ..conftest import one_torch_thread
+from ..helpers.cli import run_main
 
-
-def xray(seed: int, size: tuple[int, int] = (96, 80)) -> np.ndarray:
-    """A random float image in 0..1 with a vertical gradient (rows, cols)."""
-    rng = np.random.default_rng(seed)
-    base = np.linspace(0.1, 0.9, size[1])[:, None] * np.ones(size[0])
-    return np.clip(base + rng.normal(0, 0.15, base.shape), 0, 1)
-
-
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2") -> Path:
-    """An uncompressed single-frame 16-bit DICOM file written with pydicom."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), Dataset(), file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
-    ds.Modality, ds.PhotometricInterpretation = "DX", photometric
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def every_kind(folder: Path) -> list[Path]:
-    """One file per input kind `load_xray` reads, all in `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    g = xray(7)
-    gray8 = Image.fromarray((g * 255).astype(np.uint8))
-    rgb = Image.merge("RGB", [gray8] * 3)
-    rgba = rgb.copy()
-    rgba.putalpha(200)
-    files = {
-        "jpeg.jpeg": gray8,
-        "gray8.png": gray8,
-        "gray16.png": Image.fromarray((g * 65535).astype(np.uint16)),
-        "rgb.png": rgb,
-        "rgba.png": rgba,
-        "palette.png": rgb.convert("P"),
-        "gray16.tif": Image.fromarray((g * 4095).astype(np.uint16)),
-    }
-    paths = []
-    for name, img in files.items():
-        img.save(folder / name)
-        paths.append(folder / name)
-    paths.append(write_dicom(folder / "mono1.dcm", g * 4095, "MONOCHROME1"))
-    paths.append(write_dicom(folder / "1.2.840.10008.99", g * 4095))  # DICOM named by its UID
-    return paths
-
-
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("single_thread")  # `tiny_export` makes them slow
 
 
 @pytest.fixture(scope="session")
-def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Model card of a 1-epoch, 64 px, randomly initialised export (trained once per session)."""
-    root = tmp_path_factory.mktemp("predict_data")
-    for cls, offset in (("NORMAL", 0), ("PNEUMONIA", 100)):
-        for i in range(10):
-            img = Image.fromarray((xray(offset + i) * 255).astype(np.uint8))
-            dest = root / "train" / cls
-            dest.mkdir(parents=True, exist_ok=True)
-            img.save(dest / f"IM-{offset + i:04d}-0001.png")
-    config = TrainConfig(
-        data=root,
-        pretrained=False,
-        epochs=1,
-        size=64,
-        bs=8,
-        num_workers=0,
-        device="cpu",
-        exports=tmp_path_factory.mktemp("predict_exp"),
-    )
-    with one_torch_thread():  # session fixtures are set up before the module's `_one_thread`
-        return train(config, progress=False, log=lambda _: None).paths.card
+def export(tiny_export: Path) -> Path:
+    """Model card of the session's tiny binary export (1 epoch, 64 px, from scratch)."""
+    return tiny_export
 
 
 @pytest.fixture(scope="session")
 def model(export: Path) -> XrayClassifier:
     return load_model(export, device="cpu")
-
-
-@pytest.fixture(scope="session")
-def kinds(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return every_kind(tmp_path_factory.mktemp("kinds"))
 
 
 def test_every_input_kind_is_predicted_as_the_reference_loader_would(
@@ -244,36 +161,6 @@ def test_a_modified_model_file_is_refused(
         load_model(card, trust_pickle=trust_pickle, device="cpu")
 
 
-def test_folders_are_searched_recursively_and_globs_expanded(
-    kinds: list[Path], tmp_path: Path
-) -> None:
-    top = tmp_path / "scans"
-    nested = top / "a" / "b"
-    nested.mkdir(parents=True)
-    shutil.copy(kinds[0], top / "one.JPEG")
-    shutil.copy(kinds[1], nested / "two.png")
-    shutil.copy(kinds[8], nested / "IM0001")  # DICOM without a suffix
-    (nested / "readme.txt").write_text("skip me")
-    (top / ".hidden").mkdir()
-    shutil.copy(kinds[1], top / ".hidden" / "three.png")
-    shutil.copy(kinds[1], top / "._four.png")
-
-    assert expand_inputs([top]) == [nested / "IM0001", nested / "two.png", top / "one.JPEG"]
-    assert expand_inputs([f"{top}/**/*.png"]) == [nested / "two.png"]
-    # a folder matched by a glob is searched; a file given twice is predicted once
-    both = expand_inputs([f"{top}/*", top / "one.JPEG"])
-    assert both == [nested / "IM0001", nested / "two.png", top / "one.JPEG"]
-    explicit = nested / "readme.txt"
-    assert expand_inputs([explicit]) == [explicit]  # named files are kept, then fail as rows
-    with pytest.raises(DataError, match="nothing-here"):
-        expand_inputs([top / "one.JPEG", tmp_path / "nothing-here"])
-    with pytest.raises(DataError, match=r"\*\.dcm"):
-        expand_inputs([f"{top}/*.dcm"])
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="No images found"):
-        expand_inputs([tmp_path / "empty"])
-
-
 def invoke(*args: str):
     return CliRunner().invoke(app, ["predict", *map(str, args)])
 
@@ -317,13 +204,6 @@ def test_cli_exits_1_when_a_file_fails_and_still_writes_the_others(
     assert rows[1]["probability"] == "" and "empty" in rows[1]["error"]
 
 
-def run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["pneumo-fastai", "predict", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code
-
-
 def test_cli_user_errors_exit_2_without_traceback(
     export: Path,
     kinds: list[Path],
@@ -331,11 +211,11 @@ def test_cli_user_errors_exit_2_without_traceback(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert run_main(monkeypatch, tmp_path / "missing.json", kinds[0]) == 2
+    assert run_main(monkeypatch, "predict", tmp_path / "missing.json", kinds[0]) == 2
     err = capsys.readouterr().err
     assert "missing.json" in err and "not found" in err and "Traceback" not in err
-    assert run_main(monkeypatch, export, kinds[0], "--out", tmp_path / "preds.xlsx") == 2
+    assert run_main(monkeypatch, "predict", export, kinds[0], "--out", tmp_path / "preds.xlsx") == 2
     assert ".csv" in capsys.readouterr().err
-    assert run_main(monkeypatch, export, tmp_path / "no-such-scan.png") == 2
+    assert run_main(monkeypatch, "predict", export, tmp_path / "no-such-scan.png") == 2
     assert "no-such-scan.png" in capsys.readouterr().err
     assert not (tmp_path / "preds.xlsx").exists()

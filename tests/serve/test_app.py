@@ -1,4 +1,4 @@
-"""The web demo's functions in process, on a tiny three-class export: the Grad-CAM target, one
+"""The web demo's functions in process, on the tiny three-class export: the Grad-CAM target, one
 decode and one forward pass per upload, nothing left behind by batch requests, the headline."""
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from pneumo_fastai.inference.inputs import read_item
 from pneumo_fastai.inference.predict import XrayClassifier, load_model
 from pneumo_fastai.inference.results import Prediction
 
-from ..conftest import write_image
+from ..helpers.data import write_image
 
 pytest.importorskip("gradio", reason="the web demo needs the [serve] extra")
 from pneumo_fastai.serve import app  # after the skip, for when Gradio is missing
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
+pytestmark = pytest.mark.usefixtures("single_thread")  # `subtype_export` makes them slow
 
 
 @pytest.fixture(scope="module")

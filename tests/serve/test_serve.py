@@ -27,8 +27,9 @@ from PIL import Image
 from pneumo_fastai.inference.predict import load_model
 from pneumo_fastai.inference.results import Prediction
 
-from ..conftest import SHARED_DATA, free_port, one_torch_thread
-from ..data.test_images import png_header
+from ..helpers.cli import run_main
+from ..helpers.data import SHARED_DATA, png_header
+from ..helpers.system import free_port, one_torch_thread
 
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client comes with [dev]")
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
@@ -241,12 +242,9 @@ def test_serve_without_gradio_says_which_extra_to_install(served_export, tmp_pat
     )
 
 
-def test_a_public_host_prints_a_warning(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "pneumo_fastai.cli", "serve", str(tmp_path / "none.json"),
-         "--host", "0.0.0.0"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    words = " ".join(result.stderr.split())
+def test_a_public_host_prints_a_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")  # what `serve` sets, put back after
+    code = run_main(monkeypatch, "serve", tmp_path / "none.json", "--host", "0.0.0.0")
+    words = " ".join(capsys.readouterr().err.split())
     assert "anyone who can reach this machine" in words and "not found" in words
-    assert result.returncode == 2
+    assert code == 2

@@ -1,5 +1,6 @@
 """The best epoch's validation outputs, kept during the fit by `BestEpochPredictions`."""
 
+import pytest
 import torch
 
 from pneumo_fastai.config import TrainConfig
@@ -9,9 +10,10 @@ from pneumo_fastai.inference.features import pooled_layers
 from pneumo_fastai.model import build_learner
 from pneumo_fastai.training.callbacks import BestEpochPredictions, SaveBestModel
 
-from ..conftest import one_torch_thread
+from ..helpers.system import one_torch_thread
 
 
+@pytest.mark.slow
 def test_the_kept_features_are_the_ones_the_kept_logits_came_from(dataset, tmp_path):
     config = TrainConfig(data=dataset, size=32, bs=8, num_workers=0, pretrained=False)
     dls = build_dataloaders(discover(dataset).files, config, device="cpu")

@@ -48,7 +48,7 @@ from pneumo_fastai.training.ddp import (
 from pneumo_fastai.training.run import resolve_sync_bn
 from pneumo_fastai.training.sampling import train_labels
 
-from ..conftest import make_dataset
+from ..helpers.data import make_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE_DIR = "PNEUMO_TEST_PROBE_DIR"

@@ -16,7 +16,7 @@ from PIL import Image
 
 from pneumo_fastai.card import EnsembleCard, read_card
 from pneumo_fastai.cli import main
-from pneumo_fastai.config import CLASSES, TrainConfig
+from pneumo_fastai.config import CLASSES
 from pneumo_fastai.data.layout import discover
 from pneumo_fastai.errors import ModelFileError, PneumoError
 from pneumo_fastai.evaluation.metrics import choose_threshold
@@ -30,31 +30,27 @@ from pneumo_fastai.training.ensemble import (
 )
 from pneumo_fastai.training.train import train
 
-from ..conftest import SHARED_DATA, one_torch_thread
+from ..helpers.data import SHARED_DATA
+from ..helpers.system import one_torch_thread
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
 
-def _config(data: Path, exports: Path, **kw) -> TrainConfig:
-    base = dict(data=data, exports=exports, size=64, bs=8, epochs=1, num_workers=0, seed=5,
-                pretrained=False, name="ens", folds=2)  # fmt: skip
-    return TrainConfig(**{**base, **kw})
+@pytest.fixture(scope="module")
+def ensemble(trained, ensemble_config) -> EnsembleResult:
+    """The session's 2-fold ensemble on the 60 real X-rays (read-only: copy it to change it)."""
+    return trained(ensemble_config).result
 
 
 @pytest.fixture(scope="module")
-def ensemble(real_subset, tmp_path_factory):
-    with one_torch_thread():
-        exports = tmp_path_factory.mktemp("ensemble")
-        return train_ensemble(_config(real_subset, exports), progress=False, log=lambda _: None)
-
-
-@pytest.fixture(scope="module")
-def seed_ensemble(real_subset, tmp_path_factory) -> EnsembleResult:
+def seeds_config(ensemble_config):
     """A --seeds ensemble of two members trained on one split."""
-    exports = tmp_path_factory.mktemp("seed_ensemble")
-    config = _config(real_subset, exports, folds=0, seeds=2, name="sens")
-    with one_torch_thread():
-        return train_ensemble(config, progress=False, log=lambda _: None)
+    return ensemble_config.replace(folds=0, seeds=2, name="sens")
+
+
+@pytest.fixture(scope="module")
+def seed_ensemble(trained, seeds_config) -> EnsembleResult:
+    return trained(seeds_config).result
 
 
 def _copy(card_path: Path, folder: Path) -> Path:
@@ -138,18 +134,18 @@ def test_ensemble_predictions_are_the_mean_of_the_members(ensemble, real_subset)
     assert [q.label for q in mean] == [CLASSES[int(p >= threshold)] for p in expected]
 
 
-def test_a_rerun_keeps_finished_members_and_trains_only_the_missing_one(ensemble, real_subset):
-    again = train_ensemble(
-        _config(real_subset, ensemble.card_path.parent), progress=False, log=lambda _: None
-    )
+def test_a_rerun_keeps_finished_members_and_trains_only_the_missing_one(
+    ensemble, ensemble_config, tmp_path
+):
+    card = _copy(ensemble.card_path, tmp_path / "copy")  # the session's ensemble stays whole
+    config = ensemble_config.replace(exports=card.parent)
+    again = train_ensemble(config, progress=False, log=lambda _: None)
     assert again.trained == []
-    missing = ensemble.members[1]
+    missing = card.parent / ensemble.members[1].relative_to(ensemble.card_path.parent)
     for f in missing.parent.glob(f"{missing.stem}.*"):
         f.unlink()  # as if the run had been stopped before member 1 finished
     with one_torch_thread():
-        resumed = train_ensemble(
-            _config(real_subset, ensemble.card_path.parent), progress=False, log=lambda _: None
-        )
+        resumed = train_ensemble(config, progress=False, log=lambda _: None)
     assert resumed.trained == [1] and read_card(resumed.card_path).members[1].name == "ens-fold1"
 
 
@@ -244,9 +240,9 @@ def test_predict_with_the_onnx_engine_refuses_a_tampered_member_card_by_name(
     assert "Member ens-fold1" in capsys.readouterr().err
 
 
-def test_a_config_of_an_ensemble_is_refused_by_single_training(real_subset, tmp_path):
+def test_a_config_of_an_ensemble_is_refused_by_single_training(ensemble_config, tmp_path):
     with pytest.raises(PneumoError, match="describes an ensemble"):
-        train(_config(real_subset, tmp_path))
+        train(ensemble_config.replace(exports=tmp_path))
 
 
 def test_seed_members_are_averaged_on_their_shared_split(tmp_path):
@@ -279,10 +275,10 @@ def test_seed_members_ood_scores_are_combined_on_each_member_s_scale(tmp_path):
     assert [len(row) for row in pooled_predictions("seeds", cards)] == [3, 3]
 
 
-def test_seed_members_share_one_validation_split(real_subset, tmp_path):
+def test_seed_members_share_one_validation_split(seeds_config, tmp_path):
     from pneumo_fastai.data.block import xray_datablock
 
-    files = discover(real_subset).files
-    config = _config(real_subset, tmp_path, folds=0, seeds=2)
+    files = discover(seeds_config.data).files
+    config = seeds_config.replace(exports=tmp_path)
     splits = [xray_datablock(member).splitter(files)[1] for member in member_configs(config)]
     assert splits[0] == splits[1]

@@ -1,4 +1,5 @@
-"""`train ... > run.log`: a log a person can read, not a progress bar per batch."""
+"""`train ... > run.log` in a fresh process: it exports, and its log is one a person can read, not a
+progress bar per batch."""
 
 import subprocess
 import sys
@@ -9,10 +10,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_log_file_gets_the_epoch_table_and_a_few_milestones(dataset, tmp_path):
-    log = tmp_path / "run.log"
+    log, exports = tmp_path / "run.log", tmp_path / "exports"
     cmd = [
         sys.executable, "-m", "pneumo_fastai.cli", "train", "--data", str(dataset),
-        "--exports", str(tmp_path / "exports"), "--size", "32", "--bs", "4", "--epochs", "3",
+        "--exports", str(exports), "--name", "cli", "--size", "32", "--bs", "4", "--epochs", "3",
         "--patience", "3", "--no-pretrained", "--num-workers", "0", "--no-ood",
     ]  # fmt: skip
     with open(log, "w") as out:  # not a terminal
@@ -25,6 +26,7 @@ def test_a_log_file_gets_the_epoch_table_and_a_few_milestones(dataset, tmp_path)
     assert table[0][:3] == ["epoch", "train_loss", "valid_loss"] and table[0][-1] == "time"
     assert all(len(row) == len(table[0]) for row in table)
     assert any(line.startswith("Caching decoded images in RAM") for line in lines)
-    assert any(line.startswith("Exported ") for line in lines)
+    assert any(line.startswith("Exported ") for line in lines) and "best epoch" in text
+    assert {p.name for p in exports.iterdir()} >= {"cli.pkl", "cli.safetensors", "cli.json"}
     # 27 training batches per epoch: a line for each would dwarf this
     assert len(lines) < 20, text

@@ -17,7 +17,8 @@ from pneumo_fastai.training.sampling import (
     train_labels,
 )
 
-from ..conftest import make_dataset
+from ..helpers.data import make_dataset
+from ..helpers.system import one_torch_thread
 
 
 def test_inverse_frequency_weights_give_each_class_the_same_mass():
@@ -75,12 +76,13 @@ class _Spy(Callback):
         self.valid_dl = self.dls.valid
 
 
+@pytest.mark.slow
 def test_callback_swaps_only_the_train_loader_during_fit_and_restores_it(dls):
     learn = build_learner(dls, TrainConfig(size=32, bs=8))
     plain_train, plain_valid = dls.train, dls.valid
     balance, spy = BalancedSamplingCallback(seed=0), _Spy()
     learn.remove_cb(ProgressCallback)
-    with learn.no_logging():
+    with one_torch_thread(), learn.no_logging():
         learn.fit(1, 1e-4, cbs=[balance, spy])
     assert spy.train_type is SeededWeightedDL
     assert spy.valid_dl is plain_valid and not plain_valid.shuffle

@@ -1,11 +1,11 @@
-"""End to end: train on a few dozen real X-rays, export, reload in a fresh process, interrupt."""
+"""End to end: train on a few dozen real X-rays, export, reload in a fresh process; interrupt and
+fail on the tiny dataset."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,17 +14,13 @@ import torchvision
 from fastai.callback.core import Callback
 from PIL import Image
 
-from pneumo_fastai import TrainConfig
 from pneumo_fastai.errors import DataError
 from pneumo_fastai.fileio import sha256_file
 from pneumo_fastai.training.train import train
 
-pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
+from ..helpers.system import one_torch_thread
 
-
-def _config(data: Path, exports: Path, **kw) -> TrainConfig:
-    base = dict(data=data, exports=exports, size=64, bs=8, epochs=2, num_workers=0, seed=3)
-    return TrainConfig(**{**base, **kw})
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
@@ -35,16 +31,14 @@ def weights_file(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def trained(real_subset, weights_file, tmp_path_factory):
-    """One pretrained-path run (local weights file) on 60 real images."""
-    exports = tmp_path_factory.mktemp("exports")
-    config = _config(real_subset, exports, weights=weights_file)
-    return train(config, progress=False, log=lambda _: None)
+@pytest.fixture(scope="module")
+def pretrained(trained, real_config, weights_file):
+    """The pretrained path (a local weights file) on the 60 real X-rays: the run's result."""
+    return trained(real_config.replace(pretrained=True, weights=weights_file)).result
 
 
-def test_export_writes_pickle_weights_card_and_history(trained):
-    paths = trained.paths
+def test_export_writes_pickle_weights_card_and_history(pretrained):
+    paths = pretrained.paths
     for p in (paths.pkl, paths.weights, paths.card, paths.history, paths.valid):
         assert p.is_file() and p.stat().st_size > 0
     card = json.loads(paths.card.read_text())
@@ -59,23 +53,23 @@ def test_export_writes_pickle_weights_card_and_history(trained):
     assert not list(paths.card.parent.glob(".*.tmp")), "no temp files left behind"
 
 
-def test_balanced_loader_draws_both_classes_in_the_first_epoch(trained):
-    fractions = trained.card.training.balanced_first_epoch_fractions
+def test_balanced_loader_draws_both_classes_in_the_first_epoch(pretrained):
+    fractions = pretrained.card.training.balanced_first_epoch_fractions
     assert set(fractions) == {"NORMAL", "PNEUMONIA"}
     assert 0.2 < fractions["NORMAL"] < 0.8  # 2:1 imbalance in the split, ~1:1 drawn
 
 
-def test_patient_split_recorded_and_patient_disjoint(trained):
+def test_patient_split_recorded_and_patient_disjoint(pretrained):
     from pneumo_fastai.data.names import patient_id
 
-    learn = trained.learner
+    learn = pretrained.learner
     train_ids = {patient_id(p) for p in learn.dls.train_ds.items}
     valid_ids = {patient_id(p) for p in learn.dls.valid_ds.items}
     assert not train_ids & valid_ids
-    assert trained.card.data.split_mode == "patient"
+    assert pretrained.card.data.split_mode == "patient"
 
 
-def test_load_learner_predicts_in_a_fresh_process(trained, real_subset):
+def test_load_learner_predicts_in_a_fresh_process(pretrained, real_subset):
     image = sorted((real_subset / "train" / "PNEUMONIA").iterdir())[0]
     script = (
         "import sys, pathlib, warnings; warnings.simplefilter('ignore')\n"
@@ -86,21 +80,21 @@ def test_load_learner_predicts_in_a_fresh_process(trained, real_subset):
         "print(label, float(probs.sum()))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", script, str(trained.paths.pkl), str(image)],
-        capture_output=True, text=True, timeout=300, cwd=trained.paths.pkl.parent,
+        [sys.executable, "-c", script, str(pretrained.paths.pkl), str(image)],
+        capture_output=True, text=True, timeout=300, cwd=pretrained.paths.pkl.parent,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     label, total = out.stdout.split()
     assert label in {"NORMAL", "PNEUMONIA"} and abs(float(total) - 1) < 1e-5
 
 
-def test_learn_predict_takes_what_pilimage_create_takes(trained, real_subset, tmp_path):
+def test_learn_predict_takes_what_pilimage_create_takes(pretrained, real_subset, tmp_path):
     from fastai.learner import load_learner
 
     jpeg = sorted((real_subset / "train" / "PNEUMONIA").iterdir())[0]
     png = tmp_path / "scan.png"  # PNG: no JPEG draft decoding, so a decoded copy is the same
     Image.open(jpeg).save(png)
-    learn = load_learner(trained.paths.pkl)
+    learn = load_learner(pretrained.paths.pkl)
     inputs = {
         "str": str(png),
         "Path": png,
@@ -113,9 +107,9 @@ def test_learn_predict_takes_what_pilimage_create_takes(trained, real_subset, tm
     assert float(learn.predict(jpeg.read_bytes())[2][1]) == float(learn.predict(str(jpeg))[2][1])
 
 
-def test_weights_file_loads_without_unpickling_code(trained):
-    state = torch.load(trained.paths.weights, weights_only=True)
-    assert set(state) == set(trained.learner.model.state_dict())
+def test_weights_file_loads_without_unpickling_code(pretrained):
+    state = torch.load(pretrained.paths.weights, weights_only=True)
+    assert set(state) == set(pretrained.learner.model.state_dict())
 
 
 class _SignalAt(Callback):
@@ -131,23 +125,24 @@ class _SignalAt(Callback):
                 os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_first_interrupt_stops_after_the_batch_and_exports_the_best_so_far(real_subset, tmp_path):
-    config = _config(real_subset, tmp_path, pretrained=False, epochs=4)
-    result = train(config, progress=False, log=lambda _: None, cbs=[_SignalAt(1, 1)])
+def test_first_interrupt_stops_after_the_batch_and_exports_the_best_so_far(tiny_config, tmp_path):
+    config = tiny_config.replace(size=32, epochs=4, exports=tmp_path)
+    with one_torch_thread():
+        result = train(config, progress=False, log=lambda _: None, cbs=[_SignalAt(1, 1)])
     t = result.card.training
     assert t.interrupted and t.interrupted_at_epoch == 1 and t.best_epoch == 0
     assert result.paths.pkl.is_file()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_second_interrupt_aborts_and_writes_nothing(real_subset, tmp_path):
-    config = _config(real_subset, tmp_path, pretrained=False, epochs=4)
-    with pytest.raises(KeyboardInterrupt):
+def test_second_interrupt_aborts_and_writes_nothing(tiny_config, tmp_path):
+    config = tiny_config.replace(size=32, epochs=4, exports=tmp_path)
+    with one_torch_thread(), pytest.raises(KeyboardInterrupt):
         train(config, progress=False, log=lambda _: None, cbs=[_SignalAt(1, 2)])
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_failed_run_leaves_an_existing_export_untouched(real_subset, tmp_path):
+def test_a_failed_run_leaves_an_existing_export_untouched(tiny_config, tmp_path):
     exports = tmp_path / "exports"
     exports.mkdir()
     old = exports / "pneumo_resnet34.pkl"
@@ -155,10 +150,10 @@ def test_a_failed_run_leaves_an_existing_export_untouched(real_subset, tmp_path)
     broken = tmp_path / "broken"
     for cls in ("NORMAL", "PNEUMONIA"):
         (broken / "train" / cls).mkdir(parents=True)
-        for src in sorted((real_subset / "train" / cls).iterdir())[:6]:
+        for src in sorted((tiny_config.data / "train" / cls).iterdir())[:6]:
             (broken / "train" / cls / src.name).write_bytes(src.read_bytes())
     (broken / "train" / "NORMAL" / "IM-9999-0001.jpeg").write_bytes(b"")
     with pytest.raises(DataError, match=r"IM-9999-0001\.jpeg"):
-        train(_config(broken, exports, pretrained=False), progress=False, log=lambda _: None)
+        train(tiny_config.replace(data=broken, exports=exports), progress=False, log=lambda _: None)
     assert old.read_bytes() == b"previous good export"
     assert sorted(p.name for p in exports.iterdir()) == ["pneumo_resnet34.pkl"]
