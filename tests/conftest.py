@@ -19,7 +19,6 @@ from .helpers.data import (
     copy_real,
     make_dataset,
     make_evaluation_dataset,
-    write_image,  # noqa: F401 - tests/test_card.py still imports it from here
 )
 from .helpers.runs import RunFactory, TrainingGuard
 from .helpers.system import one_torch_thread

@@ -2,14 +2,12 @@
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
-import torch
 
 from pneumo_fastai.card import (
     CARD_SCHEMA_VERSION,
@@ -27,9 +25,9 @@ from pneumo_fastai.card import (
 )
 from pneumo_fastai.config import TrainConfig
 from pneumo_fastai.errors import ModelFileError
-from pneumo_fastai.fileio import sha256_file
 
-from .conftest import write_image
+from .helpers.cards import old_export_with_fresh_weights
+from .helpers.data import write_image
 
 SCHEMA1 = Path(__file__).parent / "fixtures" / "schema1"
 SCHEMA2 = Path(__file__).parent / "fixtures" / "schema2"  # cards of 0.2 before `intended_use`
@@ -170,25 +168,10 @@ def test_a_mistyped_typed_field_is_refused_naming_it(name, path, value, named):
         parse_card(card, "the card")
 
 
-def _old_export_with_fresh_weights(folder: Path) -> Path:
-    """The schema-1 card and CSVs, with random weights of its architecture where the .pth was."""
-    from pneumo_fastai.model import build_model
-
-    for f in SCHEMA1.glob("schema1.*"):
-        shutil.copy(f, folder / f.name)
-    card = _card()
-    torch.manual_seed(0)
-    weights = folder / "schema1.pth"
-    torch.save(build_model(TrainConfig.from_dict(card["config"])).state_dict(), weights)
-    card["files"]["weights"]["sha256"] = sha256_file(weights)
-    (folder / "schema1.json").write_text(json.dumps(card))
-    return folder / "schema1.json"
-
-
 def test_a_schema_1_export_predicts(tmp_path):
     from pneumo_fastai.inference.predict import load_model
 
-    card = _old_export_with_fresh_weights(tmp_path)
+    card = old_export_with_fresh_weights(tmp_path)
     model = load_model(card, device="cpu", precision="fp32")
     pred = model.predict(write_image(tmp_path / "x.png", seed=0))
     assert pred.ok and 0.0 <= pred.probability <= 1.0
@@ -208,7 +191,7 @@ def test_a_pickle_of_the_old_layout_loads_and_predicts(tmp_path):
 
 @pytest.mark.parametrize("broken", ["missing_field", "newer_schema"])
 def test_predict_refuses_a_bad_card_with_exit_2_and_no_traceback(tmp_path, broken):
-    card = _old_export_with_fresh_weights(tmp_path)
+    card = old_export_with_fresh_weights(tmp_path)
     data = json.loads(card.read_text())
     if broken == "missing_field":
         del data["decision_threshold"]
