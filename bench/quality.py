@@ -15,6 +15,10 @@ scored on
 - `--nih` (`../shared/data/external_nih`, adults from another hospital): ROC AUC, specificity
   and sensitivity at the card's threshold, ECE. Reported only: never trained, calibrated or
   thresholded on, and no recipe is chosen on it alone.
+`--folds K` trains each candidate as a K-fold ensemble instead (`train --folds K`, rows named
+`NAME xK folds`), to set an ensemble beside its single models. With `--exclude LIST.csv` (e.g.
+`data audit`'s `label_issues.csv`), a candidate `NAME+exclude` is NAME trained without the
+list's suspects (`train --exclude`).
 Every finished run is kept in `--out/results.json`, so an interrupted screen resumes where it
 stopped; `--rescore` scores the kept exports again (after a change to the scoring). The table
 has one row per run and one per candidate (mean over its seeds).
@@ -103,15 +107,25 @@ class LabelledSet:
         return cls(files, [load_xray(f) for f in files], y)
 
 
+def candidate_options(name: str, exclude: Path | None) -> dict[str, Any]:
+    """TrainConfig values of a candidate; `NAME+exclude` is NAME without `exclude`'s suspects."""
+    base = name.removesuffix("+exclude")
+    options = dict(CANDIDATES[base])
+    if base != name:
+        options["exclude"] = exclude
+    return options
+
+
 def train_command(args: argparse.Namespace, name: str, seed: int, run_name: str) -> list[str]:
     """The `pneumo-fastai train` command of one screening run."""
-    options = dict(CANDIDATES[name])
+    options = candidate_options(name, args.exclude)
     epochs = args.epochs * options.pop("epochs_x", 1)
+    ensemble = ["--folds", str(args.folds)] if args.folds else []
     return [
         sys.executable, "-m", "pneumo_fastai.cli", "train", "--data", str(args.data),
         "--no-pretrained", "--size", str(args.size), "--epochs", str(epochs),
         "--patience", str(epochs), "--seed", str(seed), "--exports", str(args.out / "exports"),
-        "--name", run_name, "--no-progress", *flags({**RUN_FLAGS, **options}),
+        "--name", run_name, "--no-progress", *flags({**RUN_FLAGS, **options}), *ensemble,
     ]  # fmt: skip
 
 
@@ -139,9 +153,14 @@ def evaluate(card: Path, holdout: LabelledSet, nih: LabelledSet | None) -> dict[
     return out
 
 
+def row_name(args: argparse.Namespace, name: str) -> str:
+    """A candidate's name in the results: NAME, or `NAME xK folds` for its ensemble."""
+    return f"{name} x{args.folds} folds" if args.folds else name
+
+
 def run_one(args: argparse.Namespace, name: str, seed: int, sets) -> dict[str, Any]:
     """Train candidate `name` with `seed` and score it; the results row."""
-    run_name = f"{name}-s{seed}".replace("+", "_")
+    run_name = f"{name}-s{seed}".replace("+", "_") + (f"-folds{args.folds}" if args.folds else "")
     cmd = train_command(args, name, seed, run_name)
     cpu, start = children_cpu(), time.perf_counter()
     with open(args.out / f"{run_name}.log", "w") as log:
@@ -149,12 +168,13 @@ def run_one(args: argparse.Namespace, name: str, seed: int, sets) -> dict[str, A
     wall, cpu = time.perf_counter() - start, children_cpu() - cpu
     card_path = args.out / "exports" / f"{run_name}.json"
     card = json.loads(card_path.read_text())
+    members = card["training"].get("members", [card["training"]])
     return {
-        "candidate": name, "seed": seed, "card": str(card_path), "command": cmd[1:],
-        "wall_min": wall / 60, "cpu_min": cpu / 60, "best_epoch": card["training"]["best_epoch"],
-        "epochs_run": card["training"]["epochs_run"],
+        "candidate": row_name(args, name), "seed": seed, "card": str(card_path),
+        "command": cmd[1:], "wall_min": wall / 60, "cpu_min": cpu / 60,
+        "best_epoch": [m["best_epoch"] for m in members],
         "valid_auc": card["validation"]["at_threshold"]["roc_auc"],
-        "temperature": card["calibration"]["temperature"], "figures": evaluate(card_path, *sets),
+        "figures": evaluate(card_path, *sets),
     }  # fmt: skip
 
 
@@ -178,10 +198,10 @@ def _value(run: dict[str, Any], where: str | tuple[str, str], key: str) -> float
     return section.get(key, float("nan"))
 
 
-def table(results: list[dict[str, Any]], candidates: list[str], seeds: list[int]) -> None:
-    """One row per run and one per candidate (mean over its seeds)."""
+def table(results: list[dict[str, Any]], seeds: list[int]) -> None:
+    """One row per run and one per candidate (mean over its seeds), in the order they ran."""
     rows = []
-    for name in candidates:
+    for name in dict.fromkeys(r["candidate"] for r in results):
         runs = [r for r in results if r["candidate"] == name and r["seed"] in seeds]
         for r in [*runs, None] if len(runs) > 1 else runs:
             group = runs if r is None else [r]
@@ -202,10 +222,17 @@ def main() -> None:
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 1])
-    p.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES), default=list(CANDIDATES))
+    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), help="NAME or NAME+exclude")
+    p.add_argument("--folds", type=int, default=0, help="train each as a K-fold ensemble")
+    p.add_argument("--exclude", type=Path, help="list for the NAME+exclude candidates")
     p.add_argument("--rescore", action="store_true", help="score the kept exports again")
     p.add_argument("--table", action="store_true", help="print the table of what is kept, only")
     args = p.parse_args()
+    for name in args.candidates:
+        if name.removesuffix("+exclude") not in CANDIDATES:
+            p.error(f"unknown candidate {name}: choose from {', '.join(CANDIDATES)} (+exclude)")
+        if name.endswith("+exclude") and args.exclude is None:
+            p.error(f"{name} needs --exclude LIST.csv")
     args.out.mkdir(parents=True, exist_ok=True)
     print(machine_line())
     results_path = args.out / "results.json"
@@ -220,13 +247,13 @@ def main() -> None:
         done = {(r["candidate"], r["seed"]) for r in results}
         for seed in args.seeds:  # every candidate's first seed before any second seed
             for name in args.candidates:
-                if (name, seed) in done:
+                if (row_name(args, name), seed) in done:
                     continue
                 print(f"training {name}, seed {seed} ...", flush=True)
                 results.append(run_one(args, name, seed, (holdout, nih)))
                 results_path.write_text(json.dumps(results, indent=2))
     print(f"{args.size} px, {args.epochs} epochs (x2: long), from scratch; holdout {args.data}")
-    table(results, args.candidates, args.seeds)
+    table(results, args.seeds)
 
 
 if __name__ == "__main__":
