@@ -252,7 +252,10 @@ def main() -> None:
                 print(f"training {name}, seed {seed} ...", flush=True)
                 results.append(run_one(args, name, seed, (holdout, nih)))
                 results_path.write_text(json.dumps(results, indent=2))
-    print(f"{args.size} px, {args.epochs} epochs (x2: long), from scratch; holdout {args.data}")
+    if results:
+        cmd = results[0]["command"]
+        size, epochs, data = (cmd[cmd.index(f) + 1] for f in ("--size", "--epochs", "--data"))
+        print(f"{size} px, {epochs} epochs (x2: long), from scratch; holdout {data}")
     table(results, args.seeds)
 
 
