@@ -20,8 +20,9 @@ scored on
 `data audit`'s `label_issues.csv`), a candidate `NAME+exclude` is NAME trained without the
 list's suspects (`train --exclude`).
 Every finished run is kept in `--out/results.json`, so an interrupted screen resumes where it
-stopped; `--rescore` scores the kept exports again (after a change to the scoring). The table
-has one row per run and one per candidate (mean over its seeds).
+stopped; `--rescore` scores the kept exports again (after a change to the scoring); `--add
+NAME=CARD` scores an export trained elsewhere (another commit, another command) as a row NAME.
+The table has one row per run and one per candidate (mean over its seeds).
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def table(results: list[dict[str, Any]], seeds: list[int]) -> None:
     """One row per run and one per candidate (mean over its seeds), in the order they ran."""
     rows = []
     for name in dict.fromkeys(r["candidate"] for r in results):
-        runs = [r for r in results if r["candidate"] == name and r["seed"] in seeds]
+        runs = [r for r in results if r["candidate"] == name and r["seed"] in [*seeds, "-"]]
         for r in [*runs, None] if len(runs) > 1 else runs:
             group = runs if r is None else [r]
             cells = [
@@ -226,6 +227,8 @@ def main() -> None:
     p.add_argument("--folds", type=int, default=0, help="train each as a K-fold ensemble")
     p.add_argument("--exclude", type=Path, help="list for the NAME+exclude candidates")
     p.add_argument("--rescore", action="store_true", help="score the kept exports again")
+    p.add_argument("--add", nargs="+", default=[], metavar="NAME=CARD",
+                   help="score exports trained elsewhere as rows NAME")  # fmt: skip
     p.add_argument("--table", action="store_true", help="print the table of what is kept, only")
     args = p.parse_args()
     for name in args.candidates:
@@ -244,6 +247,10 @@ def main() -> None:
             for r in results:
                 r["figures"] = evaluate(Path(r["card"]), holdout, nih)
                 results_path.write_text(json.dumps(results, indent=2))
+        for name, card in (a.split("=", 1) for a in args.add):
+            results.append({"candidate": name, "seed": "-", "card": card, "cpu_min": float("nan"),
+                            "figures": evaluate(Path(card), holdout, nih)})  # fmt: skip
+            results_path.write_text(json.dumps(results, indent=2))
         done = {(r["candidate"], r["seed"]) for r in results}
         for seed in args.seeds:  # every candidate's first seed before any second seed
             for name in args.candidates:
