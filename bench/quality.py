@@ -102,10 +102,11 @@ class LabelledSet:
     y: np.ndarray  # 1: PNEUMONIA
 
     @classmethod
-    def of(cls, folder: Path) -> LabelledSet:
+    def of(cls, folder: Path, size: int) -> LabelledSet:
+        """Images decoded as `predict` decodes files for a model of input `size` (JPEG draft)."""
         files = list_split(folder).all_images()
         y = np.array([int(label_of(f) == "PNEUMONIA") for f in files])
-        return cls(files, [load_xray(f) for f in files], y)
+        return cls(files, [load_xray(f, draft=size) for f in files], y)
 
 
 def candidate_options(name: str, exclude: Path | None) -> dict[str, Any]:
@@ -241,8 +242,8 @@ def main() -> None:
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else []
     if not args.table:
-        holdout = LabelledSet.of(args.data / "test")
-        nih = LabelledSet.of(args.nih) if str(args.nih) else None
+        holdout = LabelledSet.of(args.data / "test", args.size)
+        nih = LabelledSet.of(args.nih, args.size) if str(args.nih) else None
         if args.rescore:
             for r in results:
                 r["figures"] = evaluate(Path(r["card"]), holdout, nih)

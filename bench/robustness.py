@@ -33,6 +33,7 @@ from PIL import Image, ImageFilter
 from sklearn.metrics import roc_auc_score
 
 from pneumo_fastai import load_model
+from pneumo_fastai.card import read_card
 from pneumo_fastai.data.images import load_xray
 from pneumo_fastai.data.layout import list_split
 from pneumo_fastai.data.names import label_of
@@ -172,7 +173,8 @@ def main() -> None:
     print(machine_line())
     files = list_split(args.test).all_images()
     y = np.array([int(label_of(f) == "PNEUMONIA") for f in files])
-    images = [load_xray(f) for f in files]
+    draft = min(read_card(m).input.size for m in args.models)  # as `predict` decodes files
+    images = [load_xray(f, draft=draft) for f in files]
     w = test_mix(y, files)
     print(
         f"{len(files)} images ({int((y == 0).sum())} NORMAL) from {args.test}, weighed as the "

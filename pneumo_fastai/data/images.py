@@ -24,8 +24,11 @@ image, upright as the EXIF orientation says. Decisions:
   are decoded. A truncated file is refused whatever PIL's `ImageFile.LOAD_TRUNCATED_IMAGES` says.
 - `check_image` is the one readability rule: training and `data check` read headers (quick) or
   decode, evaluation and prediction decode; all of them get the same kinds and reasons.
-- `draft` bounds memory and time for big images: JPEG decodes at a reduced DCT scale, then any
-  format is box-averaged by the largest integer factor that keeps the short side >= `draft`.
+- `draft` bounds memory and time for big images: JPEG decodes at a reduced DCT scale (1/2, 1/4,
+  1/8), then any format is box-averaged by the largest power of two that keeps the short side
+  >= `draft`. Powers of two, as JPEG's scaling, so that a JPEG, a PNG or an in-memory copy of
+  the same X-ray reach the model through the same reduction (a 224 px image for a 64 px model:
+  112 px from each, not 112 from the JPEG and 74 from the rest).
 """
 
 from __future__ import annotations
@@ -248,8 +251,9 @@ def _read_raster(path: Path, cap: int | None, draft: int | None) -> Image.Image:
 
 
 def _reduce(img: Image.Image, draft: int | None) -> Image.Image:
-    """Box-average by the largest integer factor that keeps the short side >= `draft`."""
+    """Box-average by the largest power of two that keeps the short side >= `draft`."""
     factor = min(img.size) // draft if draft else 1
+    factor = 1 << (factor.bit_length() - 1) if factor >= 2 else 1
     return img.reduce(factor) if factor >= 2 else img
 
 

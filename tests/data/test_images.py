@@ -27,6 +27,7 @@ from pneumo_fastai.data.images import (
     is_dicom,
     load_xray,
     load_xray_bytes,
+    to_gray8,
     window_to_uint8,
 )
 from pneumo_fastai.data.layout import discover
@@ -203,6 +204,17 @@ def test_draft_reduces_but_never_below_target(tmp_path, suffix):
     assert 200 <= min(img.size) < 450
     assert img.width > img.height  # aspect kept
     assert load_xray(path, draft=2000).size == (1200, 900)  # already small enough: untouched
+
+
+def test_a_jpeg_a_png_and_an_in_memory_copy_are_reduced_alike(tmp_path):
+    """JPEG DCT scaling halves; other formats must be reduced alike (224 -> 112, not 74)."""
+    a = np.tile(np.linspace(0, 255, 224).astype(np.uint8), (224, 1))
+    Image.fromarray(a).save(jpg := tmp_path / "x.jpg", quality=95)
+    Image.fromarray(a).save(png := tmp_path / "x.png")
+    sizes = {load_xray(jpg, draft=64).size, load_xray(png, draft=64).size}
+    sizes.add(to_gray8(Image.fromarray(a), 64).size)
+    assert sizes == {(112, 112)}
+    assert to_gray8(Image.fromarray(a), 50).size == (56, 56)  # 224 // 50 = 4: a power of two
 
 
 def test_draft_reduces_16bit_and_dicom(tmp_path):
