@@ -20,8 +20,9 @@ scored on
 `data audit`'s `label_issues.csv`), a candidate `NAME+exclude` is NAME trained without the
 list's suspects (`train --exclude`).
 Every finished run is kept in `--out/results.json`, so an interrupted screen resumes where it
-stopped; `--rescore` scores the kept exports again (after a change to the scoring); `--add
-NAME=CARD` scores an export trained elsewhere (another commit, another command) as a row NAME.
+stopped; `--rescore` scores the kept exports again (after a change to the scoring) and `--add
+NAME=CARD` an export trained elsewhere (another commit, another command) as a row NAME; with
+either, nothing is trained.
 The table has one row per run and one per candidate (mean over its seeds).
 """
 
@@ -253,7 +254,8 @@ def main() -> None:
                             "figures": evaluate(Path(card), holdout, nih)})  # fmt: skip
             results_path.write_text(json.dumps(results, indent=2))
         done = {(r["candidate"], r["seed"]) for r in results}
-        for seed in args.seeds:  # every candidate's first seed before any second seed
+        todo = [] if args.rescore or args.add else args.seeds  # those two only score
+        for seed in todo:  # every candidate's first seed before any second seed
             for name in args.candidates:
                 if (row_name(args, name), seed) in done:
                     continue
