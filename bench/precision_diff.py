@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 from benchlib import machine_line, print_table
+from quality import LabelledSet
 from sklearn.metrics import roc_auc_score
 
 from pneumo_fastai import load_model
-from pneumo_fastai.data.layout import list_split
-from pneumo_fastai.data.names import label_of
+from pneumo_fastai.card import read_card
 
 
 def main() -> None:
@@ -29,17 +29,18 @@ def main() -> None:
     p.add_argument("--test", type=Path, required=True, help="a NORMAL/PNEUMONIA folder")
     args = p.parse_args()
     print(machine_line())
-    files = list_split(args.test).all_images()
-    y = np.array([int(label_of(f) == "PNEUMONIA") for f in files])
+    test = LabelledSet.of(args.test, read_card(args.card).input.size)  # decoded as predict does
+    y = test.y
     probs, threshold = {}, 0.5
     for precision in ("fp32", "bf16"):
         model = load_model(args.card, precision=precision)
-        probs[precision] = np.array([r.probability for r in model.predict_batch(files, bs=64)])
+        results = model.predict_batch(test.images, bs=64)
+        probs[precision] = np.array([r.probability for r in results])
         threshold = model.threshold
     d = np.abs(probs["bf16"] - probs["fp32"])
     flips = int(np.sum((probs["fp32"] >= threshold) != (probs["bf16"] >= threshold)))
     print(
-        f"{args.card.name}: {len(files)} images, threshold {threshold:.3f}; |P_bf16 - P_fp32| "
+        f"{args.card.name}: {len(y)} images, threshold {threshold:.3f}; |P_bf16 - P_fp32| "
         f"max {d.max():.4f}, mean {d.mean():.5f}, median {np.median(d):.5f}; decisions that "
         f"differ: {flips}"
     )
