@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from benchlib import machine_line, print_table
-from quality import LabelledSet
+from robustness import LabelledSet
 from sklearn.metrics import roc_auc_score
 
 from pneumo_fastai import load_model

@@ -34,19 +34,15 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from benchlib import REPO, SHARED_DATA, machine_line, print_table
 from PIL import Image
-from robustness import figures, normal_batch, score, test_mix
+from robustness import LabelledSet, figures, normal_batch, score, test_mix
 
 from pneumo_fastai import load_model
-from pneumo_fastai.data.images import load_xray
-from pneumo_fastai.data.layout import list_split
-from pneumo_fastai.data.names import label_of
 from pneumo_fastai.evaluation.metrics import expected_calibration_error
 
 NIH = SHARED_DATA.parent / "external_nih"
@@ -92,22 +88,6 @@ def flags(options: dict[str, Any]) -> list[str]:
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-@dataclass(frozen=True)
-class LabelledSet:
-    """Decoded images of a NORMAL/PNEUMONIA folder, their labels and file paths."""
-
-    files: list[Path]
-    images: list[Image.Image]
-    y: np.ndarray  # 1: PNEUMONIA
-
-    @classmethod
-    def of(cls, folder: Path, size: int) -> LabelledSet:
-        """Images decoded as `predict` decodes files for a model of input `size` (JPEG draft)."""
-        files = list_split(folder).all_images()
-        y = np.array([int(label_of(f) == "PNEUMONIA") for f in files])
-        return cls(files, [load_xray(f, draft=size) for f in files], y)
 
 
 def candidate_options(name: str, exclude: Path | None) -> dict[str, Any]:

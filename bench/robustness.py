@@ -25,6 +25,7 @@ import argparse
 import io
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,22 @@ from pneumo_fastai.data.names import label_of
 
 NORMAL_SHARE = 0.375  # Kermany's official test split: 234 NORMAL of 624
 Corruption = Callable[[Image.Image, np.random.Generator], Image.Image]
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    """Decoded images of a NORMAL/PNEUMONIA folder, their labels and file paths."""
+
+    files: list[Path]
+    images: list[Image.Image]
+    y: np.ndarray  # 1: PNEUMONIA
+
+    @classmethod
+    def of(cls, folder: Path, size: int) -> LabelledSet:
+        """Images decoded as `predict` decodes files for a model of input `size` (JPEG draft)."""
+        files = list_split(folder).all_images()
+        y = np.array([int(label_of(f) == "PNEUMONIA") for f in files])
+        return cls(files, [load_xray(f, draft=size) for f in files], y)
 
 
 def _levels(img: Image.Image, fn: Callable[[np.ndarray], np.ndarray]) -> Image.Image:
@@ -171,17 +188,15 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="also write every figure here")
     args = p.parse_args()
     print(machine_line())
-    files = list_split(args.test).all_images()
-    y = np.array([int(label_of(f) == "PNEUMONIA") for f in files])
-    draft = min(read_card(m).input.size for m in args.models)  # as `predict` decodes files
-    images = [load_xray(f, draft=draft) for f in files]
-    w = test_mix(y, files)
+    test = LabelledSet.of(args.test, min(read_card(m).input.size for m in args.models))
+    w = test_mix(test.y, test.files)
     print(
-        f"{len(files)} images ({int((y == 0).sum())} NORMAL) from {args.test}, weighed as the "
-        f"official test mixes them; seed {args.seed}"
+        f"{len(test.files)} images ({int((test.y == 0).sum())} NORMAL) from {args.test}, "
+        f"weighed as the official test mixes them; seed {args.seed}"
     )
     results = {
-        str(m): score(m, images, y, w, args.seed, args.bs, args.precision) for m in args.models
+        str(m): score(m, test.images, test.y, w, args.seed, args.bs, args.precision)
+        for m in args.models
     }
     for model, out in results.items():
         print(f"\n{model}")
