@@ -88,6 +88,11 @@ class TrainConfig:
     gamma: float = 0.4
     blur: float = 0.3  # Probability of a random blur or sharpening (0: off).
     noise: float = 0.03  # Largest standard deviation of random gaussian noise, 0..1 scale (0: off).
+    # Acquisition-shift augmentation: the share of training images that get each of a random
+    # intensity window (black level and white point), a blur or sharpening of their own strength,
+    # a constant frame, and a JPEG re-compression at a random quality, so that no global image
+    # statistic (exposure, black level, sharpness, border, compression) predicts the label (0: off).
+    acquisition: float = 0.0
     # fastai's MixUp: blend pairs of images and labels, Beta(alpha, alpha) weights (0: off).
     mixup: float = 0.0
     # fastai's CutMix: paste a patch of another image, Beta(alpha, alpha) sized (0: off).
@@ -153,6 +158,8 @@ class TrainConfig:
             raise ValueError("mixup and cutmix are alternatives: set one of them")
         if not 0.0 < self.min_scale <= 1.0:
             raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale}")
+        if not 0.0 <= self.acquisition <= 1.0:
+            raise ValueError(f"acquisition must be in [0, 1], got {self.acquisition}")
         if not 0.0 <= self.blur <= 1.0 or not 0.0 <= self.progressive < 1.0:
             raise ValueError("blur must be in [0, 1] and progressive in [0, 1)")
         if self.folds == 1 or self.folds < 0 or self.seeds == 1 or self.seeds < 0:

@@ -9,11 +9,17 @@ measured to help (see bench/RESULTS.md):
   side marker do not sit in one place), `max_warp`, `max_lighting`, `flip` (horizontal only);
 - `gamma`: gamma drawn log-uniformly in [1/(1+g), 1+g] (exposure curves differ between devices);
 - `blur`: probability of a blur or a sharpening of random strength (detector and processing);
-- `noise`: largest standard deviation of gaussian noise, on the 0..1 scale (quantum noise).
+- `noise`: largest standard deviation of gaussian noise, on the 0..1 scale (quantum noise);
+- `acquisition`: the share of images that get each of a random intensity window, a blur or
+  sharpening of their own strength, a constant frame (`RandomAcquisition`, on the batch) and a
+  JPEG re-compression at a random quality (`RandomJpeg`, per item in the loader workers). Sites
+  differ in exactly these global statistics, and Kermany's train split lets a network read the
+  label off them (bench/batches.py); drawn per image, none of them predicts the label.
 """
 
 from __future__ import annotations
 
+import io
 import math
 
 import torch
@@ -21,6 +27,8 @@ import torch.nn.functional as F
 from fastai.data.transforms import Normalize
 from fastai.torch_core import TensorImage
 from fastai.vision.augment import RandTransform, aug_transforms
+from fastai.vision.core import PILImage
+from PIL import Image
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig
 
@@ -83,6 +91,67 @@ class RandomIntensity(RandTransform):
         return TensorImage(out.clamp(0, 1))
 
 
+class RandomAcquisition(RandTransform):
+    """Per-image intensity window, blur or sharpening, and frame of a float batch in 0..1."""
+
+    order = 46  # after `RandomIntensity` (45), before `GrayToRGB` (90)
+    split_idx = 0  # training only
+    WINDOW = 0.15  # black level and white point move by up to this much
+    SHARPEN = 2.0  # strongest sharpening, as a multiple of the detail a blur removes
+    FRAME = 0.08  # widest frame, as a share of the side
+
+    def __init__(self, p: float = 0.5):  # share of images that get each change
+        super().__init__(p=1.0)
+        self.p_each = p
+
+    def _chosen(self, n: int, device: torch.device) -> torch.Tensor:
+        return torch.rand(n, device=device) < self.p_each
+
+    def encodes(self, x: TensorImage) -> TensorImage:
+        out = x.as_subclass(torch.Tensor).clamp(0, 1)
+        n, dev, (h, w) = out.shape[0], out.device, out.shape[-2:]
+        u = lambda: torch.rand(n, 1, 1, 1, device=dev)  # noqa: E731
+        low, high = (u() * 2 - 1) * self.WINDOW, 1 + (u() * 2 - 1) * self.WINDOW
+        windowed = ((out - low) / (high - low)).clamp(0, 1)
+        out = torch.where(self._chosen(n, dev).view(n, 1, 1, 1), windowed, out)
+        chosen = self._chosen(n, dev)
+        if chosen.any():  # blur (alpha < 0, -1: fully) or sharpen (alpha > 0), per image
+            picked = out[chosen]
+            sigma = 0.5 + float(torch.rand(()))
+            alpha = u()[chosen] * (1 + self.SHARPEN) - 1
+            out[chosen] = (picked + alpha * (picked - _gaussian_blur(picked, sigma))).clamp(0, 1)
+        rows = torch.arange(h, device=dev).view(h, 1)
+        cols = torch.arange(w, device=dev).view(1, w)
+        edge = torch.minimum(torch.minimum(rows, h - 1 - rows), torch.minimum(cols, w - 1 - cols))
+        width = (u() * self.FRAME * min(h, w)).ceil() * self._chosen(n, dev).view(n, 1, 1, 1)
+        out = torch.where(edge < width, u(), out)
+        return TensorImage(out)
+
+
+class RandomJpeg(RandTransform):
+    """Re-compress a training image as JPEG at a random quality (in the loader's workers)."""
+
+    order = 5  # on the decoded item, before any tensor conversion
+    split_idx = 0  # training only
+    QUALITY = (20, 95)  # range of JPEG qualities drawn from
+
+    def __init__(self, p: float = 0.5):  # share of images re-compressed
+        super().__init__(p=p)
+
+    def encodes(self, x: PILImage) -> PILImage:
+        buffer = io.BytesIO()
+        quality = int(torch.randint(self.QUALITY[0], self.QUALITY[1] + 1, ()))
+        x.save(buffer, format="JPEG", quality=quality)
+        decoded = Image.open(buffer, formats=["JPEG"])
+        decoded.load()
+        return type(x)(decoded.convert(x.mode))
+
+
+def item_transforms(config: TrainConfig) -> list:
+    """Per-item training augmentation, run in the loader's workers."""
+    return [RandomJpeg(config.acquisition)] if config.acquisition else []
+
+
 def batch_transforms(config: TrainConfig) -> list:
     """Train-time augmentation for X-rays (no vertical flip) then ImageNet normalisation."""
     augs = aug_transforms(
@@ -98,4 +167,6 @@ def batch_transforms(config: TrainConfig) -> list:
     )
     if config.gamma or config.blur or config.noise:
         augs.append(RandomIntensity(config.gamma, config.blur, config.noise))
+    if config.acquisition:
+        augs.append(RandomAcquisition(config.acquisition))
     return [*augs, Normalize.from_stats(IMAGENET_MEAN, IMAGENET_STD)]

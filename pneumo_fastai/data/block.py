@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..config import TrainConfig
 from ..fileio import worker_count
-from .augment import batch_transforms
+from .augment import batch_transforms, item_transforms
 from .cache import fill_cache, should_cache
 from .images import load_xray, load_xray_bytes, to_gray8
 from .names import label_fn
@@ -138,7 +138,7 @@ def xray_datablock(
             CategoryBlock(vocab=list(config.classes), sort=False),
         ),
         get_y=label_fn(config.task),
-        item_tfms=random_crops(config),
+        item_tfms=[*item_transforms(config), *random_crops(config)],
         splitter=SeededSplitter(
             config.valid_pct,
             config.splitting_seed,
