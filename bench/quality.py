@@ -305,8 +305,9 @@ def main() -> None:
                 print(f"training {name}, seed {seed} ...", flush=True)
                 results.append(run_one(args, name, seed, sets))
                 results_path.write_text(json.dumps(results, indent=2))
-    if results:
-        cmd = results[0]["command"]
+    trained = [r for r in results if "command" in r]  # rows of --add name no command
+    if trained:
+        cmd = trained[0]["command"]
         size, epochs, data = (cmd[cmd.index(f) + 1] for f in ("--size", "--epochs", "--data"))
         print(f"{size} px (unless the name says), {epochs} epochs (x2: long), from scratch; "
               f"holdout {data}; A: {args.site}")  # fmt: skip
