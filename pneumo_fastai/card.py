@@ -178,24 +178,58 @@ class AdaptedFrom(Section):
     sha256: str = Field(pattern=SHA256)  # of that card's file
 
 
-class Adaptation(Section):
-    """`pneumo-fastai adapt`: the class shares of a new site, estimated from its unlabelled X-rays.
+class ShiftTestFacts(Section):
+    """`adapt`'s test that the site differs from training only in its class mix."""
 
-    Every engine re-weights the calibrated probabilities from `source` to `target` shares
+    test: str  # what was tested, in words
+    normal_share: float = Field(ge=0.0, le=1.0)  # the mixture's fitted NORMAL share
+    distance: float = Field(ge=0.0)  # Cramér-von Mises distance from that mixture
+    p_value: float = Field(ge=0.0, le=1.0)
+    ood_share: float | None = Field(default=None, ge=0.0, le=1.0)  # share the OOD check flagged
+    ood_p_value: float | None = Field(default=None, ge=0.0, le=1.0)
+    rejected: bool  # the site's images differ from training's beyond the class mix
+    forced: bool = False  # `--force-prior`: the correction was applied all the same
+
+
+class SiteLabelsFit(Section):
+    """`adapt --labels`: a temperature and a threshold fitted on a labelled sample of the site."""
+
+    n: dict[str, int]  # labelled images per class
+    scale: float = Field(gt=0.0)  # multiplies the logit of the calibrated P(PNEUMONIA)
+    threshold_rule: str
+    expected_sensitivity: float = Field(ge=0.0, le=1.0)  # on the site's other images
+    sensitivity: float = Field(ge=0.0, le=1.0)  # on the sample, at the threshold
+    specificity: float = Field(ge=0.0, le=1.0)
+    sensitivity_interval: tuple[float, float]
+    specificity_interval: tuple[float, float]
+    base_threshold: float = Field(ge=0.0, le=1.0)  # the adapted card's threshold before
+
+
+class Adaptation(Section):
+    """`pneumo-fastai adapt`: the export fitted to a new site.
+
+    `kind="prior"`: the site's class shares, estimated from its unlabelled X-rays; every engine
+    re-weights the calibrated probabilities from `source` to `target` shares
     (`inference/prior_shift.py`) and decides with `decision_threshold.value` as before.
+    `kind="labels"`: a temperature and a threshold fitted on a labelled sample of the site
+    (`inference/site_labels.py`); every engine rescales the probabilities' logits by
+    `labels.scale` and decides with the card's `decision_threshold`, which is the site's.
     """
 
-    method: str  # how `target` was estimated
+    kind: Literal["prior", "labels"] = "prior"
+    method: str  # how it was estimated
     rule: str  # how probabilities are adapted
-    source: dict[str, float]  # class shares the calibrated probabilities assume
-    target: dict[str, float]  # the new site's estimated class shares
-    interval: dict[str, tuple[float, float]]  # per class: bootstrap interval of `target`
-    level: float  # of the interval
-    n_images: int  # the site's images the estimate used
+    source: dict[str, float] = Field(default_factory=dict)  # prior: shares the model assumes
+    target: dict[str, float] = Field(default_factory=dict)  # prior: the site's estimated shares
+    interval: dict[str, tuple[float, float]] = Field(default_factory=dict)  # of `target`
+    level: float  # of the intervals
+    n_images: int  # the site's images used
     n_left_out: int  # flagged by the OOD check or unreadable, not used
-    folder: str  # where the site's images were
-    raw_threshold: float | None  # unadapted P(PNEUMONIA) that now decides (binary models)
+    folder: str  # where the site's images (or its label file) were
+    raw_threshold: float | None = None  # prior: unadapted P(PNEUMONIA) that now decides
     base: AdaptedFrom  # the card adapted
+    shift_test: ShiftTestFacts | None = None  # prior: the label-shift test (older cards: none)
+    labels: SiteLabelsFit | None = None  # kind "labels"
 
 
 class FileEntry(Section):

@@ -6,7 +6,7 @@
 Each file is decoded once (`inputs.read_item`, in a small thread pool, a chunk of batches at a
 time so that memory stays bounded), the engine (`outputs`) turns the decoded images into class
 probabilities (and, where the export has an OOD check, pooled features), an adapted export
-re-weights them to its site's class mix (`prior_shift.card_shift`), and the answers become
+adjusts them to its site (`site_adjustment.card_adjustment`), and the answers become
 `Prediction`s: P(PNEUMONIA), the decision at the card's threshold and at argmax, the OOD flag
 (`ood_check.OodCheck`). A file that cannot be read gets a `Prediction` whose `error` says why,
 and the rest are still predicted. Nothing here imports torch, fastai or onnxruntime.
@@ -24,8 +24,8 @@ from ..card import Card
 from ..progress import track
 from .inputs import Decoded, Item, decode_chunks
 from .ood_check import OodCheck
-from .prior_shift import card_shift
 from .results import Prediction
+from .site_adjustment import card_adjustment
 
 OodAnswer = tuple[bool | None, float | None, str | None]  # flagged, score, reason
 # Images are decoded and predicted a chunk at a time (the next chunk decodes meanwhile): at least
@@ -40,7 +40,7 @@ class Classifier:
     def __init__(self, card: Card, card_path: Path, size: int):
         self.card, self.card_path, self.size = card, Path(card_path), size
         self.ood = OodCheck.of(card, self.card_path)
-        self.shift = card_shift(card)  # None: the calibrated probabilities as they are
+        self.shift = card_adjustment(card)  # None: the calibrated probabilities as they are
 
     @property
     def threshold(self) -> float:

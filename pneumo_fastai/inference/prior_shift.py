@@ -24,8 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..card import Card
-
 EM_TOLERANCE = 1e-6  # stop when no class share moves more than this
 EM_MAX_ITER = 1000
 
@@ -86,13 +84,3 @@ class PriorShift:
         w = self.target / self.source
         odds = threshold / (1 - threshold) * w[0] / w[1]
         return float(odds / (1 + odds))
-
-
-def card_shift(card: Card) -> PriorShift | None:
-    """The rule an adapted card asks every engine to apply (None: the card is not adapted)."""
-    a = card.adaptation
-    if a is None:
-        return None
-    return PriorShift(
-        np.array([a.source[c] for c in card.classes]), np.array([a.target[c] for c in card.classes])
-    )
