@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from ..config import ADAPT_MIN_IMAGES
+from ..inference.site_labels import MIN_NORMAL, MIN_PNEUMONIA
 from .options import BsOpt, EngineOpt, ModelArg, PrecisionOpt
 
 
@@ -32,8 +33,9 @@ def adapt_command(
         typer.Option(
             help="A labelled sample of the site instead: a folder with NORMAL/ and PNEUMONIA/, "
             "or a CSV with columns file (relative to the CSV) and label. Fits the site's "
-            "temperature and its threshold at the card's target sensitivity; needs at least 20 "
-            "X-rays of each class (more PNEUMONIA for targets above 0.95).",
+            "temperature and its threshold at the card's target sensitivity; needs at least "
+            f"{MIN_NORMAL} NORMAL and {MIN_PNEUMONIA} PNEUMONIA X-rays (more PNEUMONIA for "
+            "targets above 0.95).",
             show_default=False,
         ),
     ] = None,

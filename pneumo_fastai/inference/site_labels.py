@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MIN_PNEUMONIA = 20  # at least; more where the target sensitivity needs it (min_per_class)
-MIN_NORMAL = 20  # for the temperature and the specificity's interval
+MIN_NORMAL = 10  # for the temperature and a specificity worth reporting
 LEVEL = 0.95
 N_BOOT = 1000
 

@@ -178,11 +178,11 @@ def test_a_labelled_fit_is_applied_by_every_engine_at_the_sites_threshold(labell
 def test_a_labelled_sample_too_small_or_with_unknown_files_is_refused(
     real_export, tmp_path, monkeypatch, capsys
 ):
-    small = _labelled(tmp_path / "small", 10, 30)
+    small = _labelled(tmp_path / "small", 5, 30)
     args = ["--name", "x", "--exports", tmp_path]
     assert run_main(monkeypatch, "adapt", real_export, "--labels", small, *args) == 2
     err = capsys.readouterr().err
-    assert "at least 20 NORMAL and 20 PNEUMONIA" in err and "Traceback" not in err
+    assert "at least 10 NORMAL and 20 PNEUMONIA" in err and "Traceback" not in err
     listing = tmp_path / "labels.csv"
     listing.write_text("file,label\nsmall/NORMAL/nope.jpeg,NORMAL\n")
     assert run_main(monkeypatch, "adapt", real_export, "--labels", listing, *args) == 2
