@@ -1,7 +1,7 @@
 """What tells the two NORMAL acquisition batches apart, in what a network can read from the pixels.
 
     python bench/batches.py                      # ../shared/data/chest_xray/train
-    python bench/batches.py --data /path/chest_xray/train
+    python bench/batches.py --data /path/chest_xray/train --models a.json b.json
 
 Kermany's NORMAL images come in two batches named `NORMAL2-IM-*` and `IM-*`; the official test's
 NORMAL errors sit in `NORMAL2-IM-*` (70 % of its NORMALs, 55 % of train's). For every training
@@ -11,6 +11,13 @@ PNEUMONIA). Then a 5-fold cross-validated logistic regression on those statistic
 network) gives two ROC AUCs: `NORMAL2-IM-*` against `IM-*` (how far apart the batches are), and
 each NORMAL batch against PNEUMONIA (how much of the label such cheap cues carry, per batch: a
 batch that looks more like PNEUMONIA on them is where a shortcut costs NORMAL recall).
+
+Then the shortcut at a new site: the same logistic regression, fitted on all of `--data`, scores
+`--site` (half A of the official test split): the share of its NORMALs, and of train's (out of
+fold), that the statistics alone call PNEUMONIA. For each of `--models` (export cards), its
+NORMAL errors on the site at the card's threshold against that statistics-only score: the
+median score of the NORMALs it gets wrong and of those it gets right, and the ROC AUC of the
+statistics-only score for telling them apart (0.5: its errors do not follow the shortcut).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from pneumo_fastai import load_model
 from pneumo_fastai.data.images import load_xray
 from pneumo_fastai.data.layout import list_split
 from pneumo_fastai.data.names import label_of
@@ -68,11 +76,51 @@ def cv_auc(x: np.ndarray, y: np.ndarray) -> float:
     return float(roc_auc_score(y, p))
 
 
+SITE = SHARED_DATA.parent / "official_test_a"
+
+
+def shortcut_at_site(x: np.ndarray, y: np.ndarray, site: Path, models: list[Path]) -> None:
+    """The statistics-only model, fitted on train, at the site; the models' NORMAL errors on it."""
+    from sklearn.metrics import roc_auc_score
+
+    stats_model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x, y)
+    files = list_split(site).all_images()
+    ys = np.array([label_of(f) == "PNEUMONIA" for f in files])
+    score = stats_model.predict_proba(np.array([statistics(f) for f in files]))[:, 1]
+    oof = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
+                            x, y, cv=5, method="predict_proba")[:, 1]  # fmt: skip
+    print(f"\nThe statistics-only model at {site} ({(~ys).sum()} NORMAL, {ys.sum()} PNEUMONIA):")
+    print_table(
+        ["NORMALs it calls PNEUMONIA (P >= 0.5)", "share", "ROC AUC"],
+        [["train (5-fold, out of fold)", f"{np.mean(oof[y == 0] >= 0.5):.3f}",
+          f"{roc_auc_score(y, oof):.3f}"],
+         ["site", f"{np.mean(score[~ys] >= 0.5):.3f}", f"{roc_auc_score(ys, score):.3f}"]],
+    )  # fmt: skip
+    rows = []
+    for card in models:
+        model = load_model(card, precision="fp32")
+        p = np.array([q.probability for q in model.predict_batch(files, bs=64)])
+        wrong = (p >= model.threshold) & ~ys
+        right = (p < model.threshold) & ~ys
+        follows = roc_auc_score(wrong[~ys], score[~ys]) if wrong.any() and right.any() else np.nan
+        rows.append([
+            card.stem, f"{right.sum() / (~ys).sum():.3f}", f"{wrong.sum()}",
+            f"{np.median(score[wrong]):.2f}" if wrong.any() else "-",
+            f"{np.median(score[right]):.2f}" if right.any() else "-", f"{follows:.3f}",
+        ])  # fmt: skip
+    if rows:
+        print("\nNORMAL errors on the site at each card's threshold, against that score:")
+        print_table(["model", "NORMAL recall", "NORMALs wrong", "median score, wrong",
+                     "median score, right", "AUC score: wrong vs right"], rows)  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--data", type=Path, default=SHARED_DATA / "train", help="a NORMAL/PNEUMONIA folder"
     )
+    p.add_argument("--site", type=Path, default=SITE, help="a new site's NORMAL/PNEUMONIA folder")
+    p.add_argument("--models", type=Path, nargs="*", default=[], help="export cards to check")
     args = p.parse_args()
     print(machine_line())
     files = list_split(args.data).all_images()
@@ -95,6 +143,8 @@ def main() -> None:
             [f"PNEUMONIA vs {batch} NORMALs", f"{cv_auc(x[keep], group[keep] == 'PNEUMONIA'):.3f}"]
         )
     print_table(["task", "AUC"], aucs)
+    if args.site.is_dir():
+        shortcut_at_site(x, (group == "PNEUMONIA").astype(int), args.site, args.models)
 
 
 if __name__ == "__main__":

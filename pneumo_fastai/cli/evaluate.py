@@ -7,7 +7,7 @@ pneumo-fastai interpret exports/pneumo_resnet34.json --test path/to/folder --n 1
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -87,6 +87,13 @@ def interpret_command(
     num_workers: WorkersOpt = None,
     seed: SeedOpt = 0,
     progress: ProgressOpt = True,
+    cam_layer: Annotated[
+        Literal["layer4", "layer3"],
+        typer.Option(
+            help="The layer Grad-CAM explains: layer4, a grid of the input side / 32 (2x2 at "
+            "64 px); layer3, / 16 (4x4 at 64 px), finer but from less class-specific features.",
+        ),
+    ] = "layer4",
 ) -> None:
     """Only the plots (quicker): confusion matrices, top losses, curves and Grad-CAM."""
     from ..evaluation.plots import interpret
@@ -94,7 +101,7 @@ def interpret_command(
     plots = interpret(
         model, data, test, out, n=n, trust_pickle=trust_pickle, device=device,
         precision=precision, bs=bs, num_workers=num_workers,
-        target_sensitivity=target_sensitivity, seed=seed, progress=progress,
+        target_sensitivity=target_sensitivity, seed=seed, progress=progress, cam_layer=cam_layer,
     )  # fmt: skip
     for path in plots.values():
         typer.echo(f"Wrote {path}")

@@ -15,6 +15,9 @@ logits, the logit the merged class has: softmax of (NORMAL's logit, that score) 
 log(exp z_BACTERIA + exp z_VIRUS), whose gradient is the BACTERIA and VIRUS logits' gradients
 weighted by each one's share of P(PNEUMONIA); on a NORMAL / PNEUMONIA model it is the PNEUMONIA
 logit itself. PNEUMONIA (every class but the first) is what is explained by default.
+
+`layer="layer3"` explains layer3's activations instead: a grid of the input side / 16 (4x4 for
+a 64 px model, against layer4's 2x2), finer but from less class-specific features.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,6 +38,9 @@ from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..model import STEM_TO_LAYER3, EnsembleModule
 
 LAYER4 = STEM_TO_LAYER3  # index of layer4, the last layer of the ResNet body (`model[0]`)
+CamLayer = Literal["layer4", "layer3"]
+CAM_LAYERS: dict[str, int] = {"layer4": LAYER4, "layer3": LAYER4 - 1}  # body index of each
+CAM_STRIDE: dict[str, int] = {"layer4": 32, "layer3": 16}  # input pixels per grid cell
 # A class index for every image, a tuple of classes explained as one, one class per image
 # (a tensor), or None for PNEUMONIA (every class but the first).
 Target = int | tuple[int, ...] | torch.Tensor | None
@@ -78,7 +85,7 @@ def _evaluating(model: nn.Module) -> Iterator[None]:
 def grad_cam(
     model: nn.Module,  # `nn.Sequential(body, head)` or an `EnsembleModule` of them
     xb: torch.Tensor,  # normalised batch, (n, 3, H, W), on the model's device
-    layer: nn.Module | None = None,  # defaults to layer4, `model[0][7]`
+    layer: CamLayer = "layer4",  # the body layer whose activations are weighed
     target: Target = None,  # what is explained (see `Target`); None: PNEUMONIA
 ) -> np.ndarray:
     """Grad-CAM heatmaps of `target` for each image: (n, H, W) float32 scaled to [0, 1].
@@ -87,9 +94,10 @@ def grad_cam(
     member explains its own logits).
     """
     if isinstance(model, EnsembleModule):
-        return _rescale(np.mean([grad_cam(m, xb, target=target) for m in model.members], axis=0))
-    layer = model[0][LAYER4] if layer is None else layer
-    with _evaluating(model), hook_output(layer, detach=False) as hook, torch.enable_grad():
+        maps = [grad_cam(m, xb, layer, target) for m in model.members]
+        return _rescale(np.mean(maps, axis=0))
+    module = model[0][CAM_LAYERS[layer]]
+    with _evaluating(model), hook_output(module, detach=False) as hook, torch.enable_grad():
         x = xb.as_subclass(torch.Tensor).detach().requires_grad_(True)  # a graph even if frozen
         score = class_score(model(x), target)
         # the gradient at the layer only: the parameters' .grad stay untouched

@@ -31,7 +31,7 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 from ..card import ExportPaths
 from ..config import CLASSES
 from .evaluate import REPORTS, EvalRun, OperatingPoint, run_test_set
-from .gradcam import grad_cam, unnormalize_gray
+from .gradcam import CAM_STRIDE, CamLayer, grad_cam, unnormalize_gray
 from .metrics import expected_calibration_error, reliability_curve
 
 PLOTS = "plots"  # sub-folder of the report folder that holds the PNGs
@@ -91,6 +91,7 @@ def gradcam_gallery(
     idxs: Sequence[int],  # positions in `run.test_set.files`
     title: str,
     losses: Sequence[float],  # one per item, shown in its panel's title
+    cam_layer: CamLayer = "layer4",  # the layer Grad-CAM explains
 ) -> Figure:
     """Grad-CAM overlaid on the X-rays of test items `idxs`, titled with label and probability."""
     files = [run.test_set.files[i] for i in idxs]
@@ -101,7 +102,7 @@ def gradcam_gallery(
     targets = run.class_probs[list(idxs)].argmax(axis=1) if many else np.ones(len(idxs), int)
     starts = np.cumsum([0, *(len(xb) for xb in batches)])
     heat = np.concatenate([
-        grad_cam(run.exported.learner.model, xb, target=torch.as_tensor(targets[a:b]))
+        grad_cam(run.exported.learner.model, xb, cam_layer, torch.as_tensor(targets[a:b]))
         for xb, a, b in zip(batches, starts[:-1], starts[1:], strict=True)
     ])  # fmt: skip
     images = np.concatenate([unnormalize_gray(xb) for xb in batches])
@@ -120,8 +121,9 @@ def gradcam_gallery(
         )
         ax.axis("off")
     what = "of each image's predicted class" if many else "of the PNEUMONIA logit"
+    grid = max(1, images.shape[-1] // CAM_STRIDE[cam_layer])
     fig.suptitle(
-        f"{title}: Grad-CAM {what} on layer4 (red: evidence for it)\n"
+        f"{title}: Grad-CAM {what} on {cam_layer}, a {grid}x{grid} grid (red: evidence for it)\n"
         f"predictions at the decision threshold {run.decision.label}"
     )
     return fig
@@ -297,6 +299,7 @@ def draw_all(
     n_correct: int = 8,  # correct cases in the Grad-CAM gallery
     seed: int = 0,  # picks the correct cases
     progress: bool = False,
+    cam_layer: CamLayer = "layer4",  # the layer the Grad-CAM galleries explain
 ) -> dict[str, Path]:
     """Draw every plot into `out_dir`; returns plot name -> PNG path, in report order."""
     out_dir = Path(out_dir)
@@ -325,12 +328,13 @@ def draw_all(
         fig = training_figure(read_history(history), best)
         plots["training_curves"] = _save(fig, out_dir / "training_curves.png")
     top = [int(i) for i in to_np(top_idx)]
-    fig = gradcam_gallery(run, top, "Top losses", to_np(top_losses).tolist())
+    fig = gradcam_gallery(run, top, "Top losses", to_np(top_losses).tolist(), cam_layer)
     plots["gradcam_top_losses"] = _save(fig, out_dir / "gradcam_top_losses.png")
     correct = _correct_sample(run, n_correct, set(top), seed)
     if correct:
         losses = -np.log(np.where(y[correct] == 1, p[correct], 1 - p[correct]).clip(1e-12))
-        fig = gradcam_gallery(run, correct, "Correct cases (random sample)", losses.tolist())
+        title = "Correct cases (random sample)"
+        fig = gradcam_gallery(run, correct, title, losses.tolist(), cam_layer)
         plots["gradcam_correct"] = _save(fig, out_dir / "gradcam_correct.png")
     return plots
 
@@ -350,6 +354,7 @@ def interpret(
     target_sensitivity: float | None = None,
     seed: int = 0,
     progress: bool = False,
+    cam_layer: CamLayer = "layer4",  # the layer Grad-CAM explains
 ) -> dict[str, Path]:
     """Only the plots (no bootstrap, no report): plot name -> PNG path."""
     run = run_test_set(
@@ -358,4 +363,6 @@ def interpret(
         progress=progress,
     )  # fmt: skip
     out_dir = Path(out) if out is not None else REPORTS / run.name
-    return draw_all(run, out_dir / PLOTS, n_top=n, seed=seed, progress=progress)
+    return draw_all(
+        run, out_dir / PLOTS, n_top=n, seed=seed, progress=progress, cam_layer=cam_layer
+    )

@@ -32,7 +32,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from ..card import EnsembleCard
+from ..card import Card, EnsembleCard
 from ..datatools.download import extract_zip
 from ..errors import PneumoError
 from ..evaluation.gradcam import ForwardCapture, overlay
@@ -99,9 +99,39 @@ def card_markdown(classifier: XrayClassifier, card_path: Path) -> str:
             f"**Validation** at the decision threshold: {fig}",
             f"**Decision threshold** {card.decision_threshold.value:.4g}: "
             f"{card.decision_threshold.rule}",
+            *adaptation_lines(card),
             f"**Card** `{card_path.name}`, sha256 `{sha256_file(card_path)}`",
         ]
     )
+
+
+def adaptation_lines(card: Card) -> list[str]:
+    """What an adapted export was fitted to (no line for one that was not adapted)."""
+    a = card.adaptation
+    if a is None:
+        return []
+    site = f"site `{Path(a.folder).name}`, adapted from `{a.base.name}`"
+    if a.kind == "labels":
+        lab = a.labels
+        (s_lo, s_hi), (p_lo, p_hi) = lab.sensitivity_interval, lab.specificity_interval
+        return [
+            f"**Adapted** to {site} on {lab.n['NORMAL']} NORMAL and {lab.n['PNEUMONIA']} "
+            f"PNEUMONIA labelled X-rays: logit scale {lab.scale:.3f}, threshold "
+            f"{card.decision_threshold.value:.4g} (was {lab.base_threshold:.4g}); on that sample "
+            f"sensitivity {lab.sensitivity:.3f} [{s_lo:.3f}, {s_hi:.3f}], specificity "
+            f"{lab.specificity:.3f} [{p_lo:.3f}, {p_hi:.3f}]"
+        ]
+    lo, hi = a.interval["NORMAL"]
+    forced = (
+        " **forced** although its label-shift test rejected the site"
+        if (a.shift_test is not None and a.shift_test.forced)
+        else ""
+    )
+    return [
+        f"**Adapted** to {site}: its NORMAL share estimated at {a.target['NORMAL']:.3f} "
+        f"[{lo:.3f}, {hi:.3f}] from {a.n_images} unlabelled X-rays (training: "
+        f"{a.source['NORMAL']:.3f}); probabilities re-weighted to it{forced}"
+    ]
 
 
 def decision_markdown(pred: Prediction) -> str:

@@ -88,3 +88,15 @@ def test_explaining_before_any_pass_is_an_error(model):
         assert not seen.ran
     with pytest.raises(RuntimeError, match="No forward pass"):
         seen.explain()
+
+
+def test_layer3_maps_have_twice_layer4s_grid_at_the_same_input(model):
+    xb = _batch(5, size=64)
+    four, three = grad_cam(model, xb), grad_cam(model, xb, layer="layer3")
+    assert four.shape == three.shape == (2, 64, 64)
+
+    def cells(cam: np.ndarray) -> int:
+        """Distinct values along the centre row of a map sampled at its grid's cell centres."""
+        return len({round(float(v), 4) for v in cam[0, 32, 4::8]})
+
+    assert cells(three) > cells(four) and not np.allclose(three, four)

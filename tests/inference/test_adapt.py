@@ -22,7 +22,8 @@ def _site(folder: Path, n_normal: int, n_pneumonia: int) -> Path:
     """Real X-rays, unlabelled, in one flat folder (names kept: they are not read as labels)."""
     folder.mkdir(parents=True)
     for cls, n in (("NORMAL", n_normal), ("PNEUMONIA", n_pneumonia)):
-        for src in sorted((SHARED_DATA / "train" / cls).iterdir())[-n:]:
+        files = sorted((SHARED_DATA / "train" / cls).iterdir())
+        for src in files[len(files) - n :]:  # the last n (none for n = 0)
             shutil.copy(src, folder / src.name)
     return folder
 
@@ -259,3 +260,23 @@ def test_a_site_that_looks_like_one_class_is_refused():
     counts = dict(unreadable=0, flagged=0, repeats=0, total=150)
     with pytest.raises(DataError, match="look like NORMAL alone"):
         _fit_prior(Binary(), rng.uniform(0.0, 0.05, 150), p_valid, y_valid, 50, 0, counts)
+
+
+def test_the_web_demo_says_what_an_adapted_export_was_fitted_to(adapted, labelled):
+    from pneumo_fastai.serve.app import adaptation_lines
+
+    prior = adaptation_lines(read_card(adapted[0].card_path))
+    assert len(prior) == 1 and "site `site`" in prior[0] and "**forced**" in prior[0]
+    lab = adaptation_lines(read_card(labelled[0].card_path))
+    assert "site `sample`" in lab[0] and "25 NORMAL and 30 PNEUMONIA" in lab[0]
+    assert "/" not in lab[0].split("site `")[1].split("`")[0]  # a name, no server path
+
+
+def test_a_folder_of_one_class_is_refused_through_the_command(
+    real_export, tmp_path, monkeypatch, capsys
+):
+    site = _site(tmp_path / "normals", ADAPT_MIN_IMAGES + 10, 0)
+    code = run_main(monkeypatch, "adapt", real_export, site, "--name", "x", "--exports", tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2 and "alone" in err and "Traceback" not in err
+    assert not (tmp_path / "x.json").exists()
