@@ -20,7 +20,7 @@ from benchlib import machine_line, print_table
 
 from pneumo_fastai.data.layout import list_split
 from pneumo_fastai.data.names import label_of
-from pneumo_fastai.evaluation.metrics import expected_calibration_error
+from pneumo_fastai.figures.metrics import expected_calibration_error
 from pneumo_fastai.inference.loading import load_export, positive_probability
 
 

@@ -52,7 +52,7 @@ from robustness import LabelledSet, figures, normal_batch, score, test_mix
 from pneumo_fastai import load_model
 from pneumo_fastai.card import read_card
 from pneumo_fastai.data.names import patient_id
-from pneumo_fastai.evaluation.metrics import bootstrap_ci, expected_calibration_error
+from pneumo_fastai.figures.metrics import bootstrap_ci, expected_calibration_error
 
 NIH = SHARED_DATA.parent / "external_nih"
 SITE = SHARED_DATA.parent / "official_test_a"

@@ -1,8 +1,8 @@
 """ResNet34 body + the custom head, the three parameter groups, and the `Learner`.
 
 Parameter groups are [stem..layer3], [layer4], [head]: "frozen up to layer4" freezes group 0
-only (fastai's own ResNet split would put layer3 with layer4). The Learner's epoch metrics are
-`evaluation.epoch_metrics`'s.
+only (fastai's own ResNet split would put layer3 with layer4). The Learner's epoch metrics
+(`learner_metrics`) are fastai `AccumMetric`s around `figures.epoch_metrics`' functions.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import AccumMetric, ActivationType, accuracy
 from fastai.optimizer import Adam
 from fastai.torch_core import params
 from fastai.vision.learner import create_vision_model, vision_learner
@@ -23,11 +24,10 @@ from torch import nn
 from torchvision.models import resnet34
 
 from .config import TrainConfig
-from .evaluation.epoch_metrics import (
+from .figures.epoch_metrics import (
     balanced_accuracy,
     collapsed,
     f1_pneumonia,
-    learner_metrics,
     macro_auc,
     recall_normal,
     recall_pneumonia,
@@ -37,6 +37,32 @@ from .weights import load_body_weights
 
 RESNET34_FEATURES = 512
 STEM_TO_LAYER3 = 7  # children of the fastai ResNet body before layer4
+
+
+def learner_metrics(n_classes: int = 2) -> list:
+    """Metrics shown each epoch: accuracy, recall of NORMAL and PNEUMONIA, F1 (PNEUMONIA),
+    ROC AUC of P(PNEUMONIA); with more classes, also balanced accuracy and macro AUC."""
+    argmax = dict(dim_argmax=-1, to_np=True, invert_arg=True)
+    if n_classes == 2:
+        return [
+            accuracy,
+            AccumMetric(recall_normal, name="recall_normal", **argmax),
+            AccumMetric(recall_pneumonia, name="recall_pneumonia", **argmax),
+            AccumMetric(f1_pneumonia, name="f1", **argmax),
+            AccumMetric(roc_auc, name="roc_auc", activation=ActivationType.BinarySoftmax, **argmax),
+        ]
+    softmax = dict(
+        activation=ActivationType.Softmax, dim_argmax=-1, to_np=True, invert_arg=True, flatten=False
+    )
+    return [
+        accuracy,
+        AccumMetric(balanced_accuracy, name="balanced_accuracy", **argmax),
+        AccumMetric(collapsed(recall_normal), name="recall_normal", **argmax),
+        AccumMetric(collapsed(recall_pneumonia), name="recall_pneumonia", **argmax),
+        AccumMetric(collapsed(f1_pneumonia), name="f1", **argmax),
+        AccumMetric(collapsed(roc_auc), name="roc_auc", **softmax),
+        AccumMetric(macro_auc, name="macro_auc", **softmax),
+    ]
 
 
 def xray_head(
@@ -165,7 +191,7 @@ class EnsembleModule(nn.Module):
         return torch.log(torch.stack(probs).mean(dim=0).clamp_min(1e-12))
 
 
-# Exports pickled before the epoch metrics moved to `evaluation.epoch_metrics` name them
+# Exports pickled before the epoch metrics moved out of this module (0.1.0) name them
 # `pneumo_fastai.model._NAME`; pickle looks them up here (PEP 562), so those exports still load.
 _MOVED_METRICS: dict[str, Callable[..., float]] = {
     "_recall_normal": recall_normal,

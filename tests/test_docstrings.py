@@ -169,7 +169,7 @@ def test_the_docstrings_hold_the_usage_lines_this_test_reads():
 
 def test_the_check_reports_missing_modules_names_and_arguments():
     doc = """
-        from pneumo_fastai.evaluation.metrics import choose_threshold, no_such_name
+        from pneumo_fastai.figures.metrics import choose_threshold, no_such_name
         from pneumo_fastai.no_such_module import x
         import json
         t = choose_threshold(y, p, target_sensitivity=0.9)  # fits
@@ -182,7 +182,7 @@ def test_the_check_reports_missing_modules_names_and_arguments():
     problems = {text: why for (_, text), why in _resolve(todo).items()}
     assert len(imports) == 3 and len(todo) == 6
     assert problems == {
-        imports[0]: "ImportError: pneumo_fastai.evaluation.metrics has no no_such_name",
+        imports[0]: "ImportError: pneumo_fastai.figures.metrics has no no_such_name",
         imports[1]: "ModuleNotFoundError: No module named 'pneumo_fastai.no_such_module'",
         "choose_threshold(y, p, sensitivity=0.9)": (
             "TypeError: got an unexpected keyword argument 'sensitivity'"

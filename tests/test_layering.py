@@ -1,8 +1,8 @@
-"""The road's direction: inference and evaluation never import training; lazy imports; no cycles.
+"""The road's direction: no import runs back up the road; lazy imports; no cycles.
 
 The direction checks run in a fresh interpreter and read `sys.modules`, so that nothing this
 test process imported earlier can hide an import (one interpreter for all of them, imports
-in order, lightest first). The cycle check reads the source (`ast`), so
+in order, lightest first). The layer and cycle checks read the source (`ast`), so
 that an import inside a function counts as much as one at the top.
 """
 
@@ -129,6 +129,71 @@ def test_the_import_graph_sees_relative_absolute_and_function_level_imports():
     assert "pneumo_fastai.inference.onnx_engine" in graph["pneumo_fastai.inference.predict"]
     assert "pneumo_fastai.inference.members" in graph["pneumo_fastai.inference.loading"]
     assert "pneumo_fastai.inference.onnx_export" in graph["pneumo_fastai.training.ensemble"]
+
+
+# The road's layers, lowest first: a module imports only from its own layer or lower ones.
+# `card` (the export's schema) sits below training, which writes it, and inference, which reads
+# it. Training writes the export with inference's tools (the pooled features, the OOD maths,
+# the ONNX exporter), so it sits above inference, beside evaluation and serve: on the road it
+# comes first (its export is what inference reads), but nothing below it imports it. serve shows
+# evaluation's Grad-CAM. The edges (datatools, the package's lazy front) are not ranked.
+LAYERS: list[tuple[str, ...]] = [
+    ("config", "errors", "fileio", "progress", "device"),  # shared by every stage
+    ("data",),
+    ("figures",),  # pure functions of arrays and labels
+    ("model", "weights"),
+    ("card",),
+    ("inference",),
+    ("training", "evaluation"),
+    ("serve",),
+    ("cli",),
+]
+EDGES = ("datatools",)  # may import any layer and be imported by any (`data check`, downloads)
+APART = {"training", "evaluation"}  # one layer, two stages: neither imports the other
+
+
+def layer_of(module: str) -> int | None:
+    """The rank of a module of the package in LAYERS (None for the edges and the package)."""
+    parts = module.split(".")[1:]
+    if not parts or parts[0] in EDGES:
+        return None
+    ranks = [rank for rank, names in enumerate(LAYERS) if parts[0] in names]
+    assert ranks, f"{module} is in no layer of LAYERS: add it where it belongs"
+    return ranks[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """`a -> b` for each import of a module `b` in a higher layer than `a`, or one between the
+    stages of a layer that stay APART."""
+    found = []
+    for module, targets in graph.items():
+        here = layer_of(module)
+        for target in targets:
+            there = layer_of(target)
+            if here is None or there is None:
+                continue
+            stages = {module.split(".")[1], target.split(".")[1]}
+            sideways = len(stages) == 2 and stages <= APART
+            if there > here or sideways:
+                found.append(f"{module} -> {target}")
+    return sorted(found)
+
+
+def test_no_import_runs_back_up_the_road():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_layer_check_sees_an_upward_and_a_sideways_import():
+    graph = {
+        "pneumo_fastai.model": {"pneumo_fastai.evaluation.metrics", "pneumo_fastai.config"},
+        "pneumo_fastai.training.train": {"pneumo_fastai.evaluation.plots"},
+        "pneumo_fastai.evaluation.plots": {"pneumo_fastai.figures.metrics"},
+        "pneumo_fastai.serve.app": {"pneumo_fastai.datatools.download"},
+    }
+    assert upward_imports(graph) == [
+        "pneumo_fastai.model -> pneumo_fastai.evaluation.metrics",
+        "pneumo_fastai.training.train -> pneumo_fastai.evaluation.plots",
+    ]
 
 
 def test_no_module_of_the_package_imports_itself_back():

@@ -38,11 +38,11 @@ from ..data.layout import (
 )
 from ..data.names import has_patient_id, label_fn, label_of, patient_id, subtype_of
 from ..errors import DataError, ModelFileError, PneumoError
+from ..figures.metrics import choose_threshold, multiclass_summary, summarize
 from ..fileio import sha256_file
 from ..inference.loading import ExportedModel, load_export
 from ..inference.predict import XrayClassifier
 from ..progress import track
-from .metrics import choose_threshold, multiclass_summary, summarize
 
 REPORTS = Path("reports")  # default parent of the report folder reports/NAME/
 ARGMAX_THRESHOLD = 0.5  # two classes: argmax picks PNEUMONIA where P(PNEUMONIA) >= 0.5

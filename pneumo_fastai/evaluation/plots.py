@@ -30,9 +30,9 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 
 from ..card import ExportPaths
 from ..config import CLASSES
+from ..figures.metrics import expected_calibration_error, reliability_curve
 from .evaluate import REPORTS, EvalRun, OperatingPoint, run_test_set
 from .gradcam import CAM_STRIDE, CamLayer, grad_cam, unnormalize_gray
-from .metrics import expected_calibration_error, reliability_curve
 
 PLOTS = "plots"  # sub-folder of the report folder that holds the PNGs
 _DPI = 110

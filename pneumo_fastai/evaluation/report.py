@@ -22,9 +22,9 @@ from typing import Any
 
 from ..card import library_versions, timestamp
 from ..config import CLASSES
+from ..figures.metrics import HEADLINE_METRICS
 from ..fileio import staged_files
 from .evaluate import ARGMAX_THRESHOLD, Evaluation, format_threshold, model_facts
-from .metrics import HEADLINE_METRICS
 from .plots import CAPTIONS
 
 LEVEL = 0.95  # coverage of `metrics.summarize`'s intervals (its default)

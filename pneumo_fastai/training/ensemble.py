@@ -57,7 +57,7 @@ from ..card import (
 from ..config import CLASSES, TrainConfig
 from ..data.layout import class_counts, fingerprint
 from ..errors import Interrupted, ModelFileError, PneumoError
-from ..evaluation.metrics import binary_metrics, choose_threshold, nan_to_none
+from ..figures.metrics import binary_metrics, choose_threshold, nan_to_none
 from ..fileio import sha256_file
 from ..inference.ood import conformal_quantile
 from ..inference.ood_check import COMBINED, combined_score

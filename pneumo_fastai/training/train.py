@@ -35,8 +35,8 @@ from ..data.split import limit_per_class
 from ..datatools.check import check_dataset
 from ..device import ComputePlan, resolve_compute, resolve_device
 from ..errors import DataError, PneumoError
-from ..evaluation.calibration import fit_temperature, nll, softmax
-from ..evaluation.metrics import (
+from ..figures.calibration import fit_temperature, nll, softmax
+from ..figures.metrics import (
     binary_metrics,
     choose_threshold,
     expected_calibration_error,

@@ -31,8 +31,8 @@ from pneumo_fastai.evaluation.evaluate import (
     load_test_set,
     operating_points,
 )
-from pneumo_fastai.evaluation.metrics import choose_threshold
 from pneumo_fastai.evaluation.report import write_report
+from pneumo_fastai.figures.metrics import choose_threshold
 from pneumo_fastai.fileio import sha256_file
 from pneumo_fastai.inference.loading import load_export
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pneumo_fastai.evaluation.calibration import fit_temperature, nll, softmax
+from pneumo_fastai.figures.calibration import fit_temperature, nll, softmax
 
 
 def _sample(n: int, true_t: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pneumo_fastai.evaluation import metrics
-from pneumo_fastai.evaluation.metrics import (
+from pneumo_fastai.figures import metrics
+from pneumo_fastai.figures.metrics import (
     COUNT_NAMES,
     HEADLINE_METRICS,
     RATE_NAMES,

@@ -1,7 +1,7 @@
 """Evaluation metrics for NORMAL (label 0) vs PNEUMONIA (label 1): point values, calibration,
 the decision threshold, and bootstrap confidence intervals. Pure numpy and scikit-learn.
 
-    from pneumo_fastai.evaluation.metrics import choose_threshold, summarize
+    from pneumo_fastai.figures.metrics import choose_threshold, summarize
     t = choose_threshold(y_valid, p_valid, target_sensitivity=0.95)  # on the validation split
     report = summarize(y_test, p_test, t, groups=test_patient_ids)  # JSON-ready
 

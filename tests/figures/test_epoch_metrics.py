@@ -13,17 +13,17 @@ import pytest
 from fastai.metrics import AccumMetric
 from sklearn.metrics import roc_auc_score
 
-from pneumo_fastai.evaluation import epoch_metrics
-from pneumo_fastai.evaluation.epoch_metrics import (
+from pneumo_fastai.figures import epoch_metrics
+from pneumo_fastai.figures.epoch_metrics import (
     balanced_accuracy,
     collapsed,
     f1_pneumonia,
-    learner_metrics,
     macro_auc,
     recall_normal,
     recall_pneumonia,
     roc_auc,
 )
+from pneumo_fastai.model import learner_metrics
 
 SCHEMA1_PKL = Path(__file__).parents[1] / "fixtures" / "schema1" / "schema1_tiny.pkl"
 # NORMAL, BACTERIA, VIRUS: 3 NORMAL (one called VIRUS), 3 BACTERIA (one called NORMAL), 2 VIRUS
@@ -82,8 +82,8 @@ def test_learner_metrics_and_their_names(n_classes, names):
 def test_every_metric_pickles_by_reference_to_this_module():
     for metric in learner_metrics(3)[1:]:
         data = pickle.dumps(metric)
-        assert b"pneumo_fastai.evaluation.epoch_metrics" in data
-        assert b"pneumo_fastai.model" not in data
+        assert b"pneumo_fastai.figures.epoch_metrics" in data
+        assert b"pneumo_fastai.model" not in data and b"pneumo_fastai.evaluation" not in data
         copy = pickle.loads(data)
         inner = getattr(copy.func, "func", copy.func)
         assert inner is getattr(epoch_metrics, inner.__name__)
@@ -109,6 +109,13 @@ def test_the_names_old_exports_use_resolve_to_the_moved_metrics():
     assert _global("pneumo_fastai.model", "_subtype_roc_auc")(Y3, PROBS3) == pytest.approx(old_roc)
     with pytest.raises(AttributeError, match="_collapsed"):
         _global("pneumo_fastai.model", "_collapsed")  # a helper, never pickled
+
+
+def test_the_names_exports_pickled_in_evaluation_resolve_to_the_moved_metrics():
+    for name in ("recall_normal", "recall_pneumonia", "f1_pneumonia", "roc_auc",
+                 "balanced_accuracy", "macro_auc", "collapsed"):  # fmt: skip
+        moved = getattr(epoch_metrics, name)
+        assert _global("pneumo_fastai.evaluation.epoch_metrics", name) is moved
 
 
 def test_the_0_1_0_pickle_holds_the_moved_metrics():
