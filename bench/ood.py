@@ -16,7 +16,6 @@ For the method choice it also scores every set with the energy score of the logi
 from __future__ import annotations
 
 import argparse
-import csv
 import gzip
 import warnings
 from pathlib import Path
@@ -32,6 +31,7 @@ from pneumo_fastai.data.images import load_xray
 from pneumo_fastai.data.layout import list_split
 from pneumo_fastai.inference.ood import conformal_threshold
 from pneumo_fastai.training.reference import features_and_logits
+from pneumo_fastai.valid_csv import read_valid
 
 
 def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -112,8 +112,8 @@ def main() -> None:
 
     # the energy alternative, thresholded on the export's own validation split like the card's
     exported = model.exported
-    with open(exported.card_path.with_suffix(".valid.csv"), newline="") as f:
-        valid_files = [Path(exported.card.data.root) / r["file"] for r in csv.DictReader(f)]
+    valid = read_valid(exported.card, exported.card_path)
+    valid_files = [Path(exported.card.data.root) / f for f in valid.files]
     t = getattr(exported.card, "temperature", 1.0)
 
     def energies(images: list[Image.Image]) -> np.ndarray:

@@ -142,7 +142,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("data",),
     ("figures",),  # pure functions of arrays and labels
     ("model", "weights"),
-    ("card",),
+    ("card", "valid_csv"),  # the export's schema and its validation predictions
     ("inference",),
     ("training", "evaluation"),
     ("serve",),

@@ -35,11 +35,12 @@ from cleanlab.rank import get_label_quality_scores
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..card import EnsembleCard, card_path_of, read_card, verify_file
+from ..card import EnsembleCard, card_path_of, read_card
 from ..config import CLASSES
 from ..data.images import load_xray
 from ..errors import DataError, ModelFileError, PneumoError
 from ..fileio import staged_files
+from ..valid_csv import read_valid
 
 ISSUES_CSV = "label_issues.csv"
 SHEET_PNG = "suspects.png"
@@ -108,26 +109,11 @@ def read_out_of_fold(ensemble: Path | str, data: Path | str | None = None) -> Ou
             f"members' mean on the one validation split they share, not out-of-fold "
             f"predictions of every training image. {fix}"
         )
-    valid = verify_file(card, card_path, "valid")
-    with open(valid, newline="") as f:
-        rows = list(csv.DictReader(f))
-    try:
-        files = [r["file"] for r in rows]
-        labels = [r["label"] for r in rows]
-        probability = np.array([float(r["probability"]) for r in rows])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelFileError(
-            f"{valid} is not a table of file, label, probability ({e!r}); re-export the ensemble."
-        ) from e
-    unknown = sorted(set(labels) - set(card.classes))
-    if not rows or unknown or not np.all((probability >= 0) & (probability <= 1)):
-        raise ModelFileError(
-            f"{valid} is not this ensemble's pooled predictions: it needs rows with labels "
-            f"among {card.classes} (it has {len(rows)} rows, other labels {unknown}) and "
-            "probabilities in 0..1. Re-export the ensemble."
-        )
+    valid = read_valid(card, card_path)
     root = Path(card.data.root if data is None else data)
-    return OutOfFold(card.name, card.data.k, card.task, root, files, labels, probability)
+    return OutOfFold(
+        card.name, card.data.k, card.task, root, valid.files, valid.labels, valid.probability
+    )
 
 
 def label_issues(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

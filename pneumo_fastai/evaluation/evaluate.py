@@ -14,7 +14,6 @@ Bootstrap intervals resample whole patients where file names carry patient ids.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,6 @@ from fastai.data.core import TfmdDL
 from fastai.torch_core import set_seed
 from sklearn.metrics import classification_report
 
-from ..card import verify_file
 from ..config import CLASSES
 from ..data.images import check_images
 from ..data.layout import (
@@ -43,6 +41,7 @@ from ..fileio import sha256_file
 from ..inference.loading import ExportedModel, load_export
 from ..inference.predict import XrayClassifier
 from ..progress import track
+from ..valid_csv import read_valid
 
 REPORTS = Path("reports")  # default parent of the report folder reports/NAME/
 ARGMAX_THRESHOLD = 0.5  # two classes: argmax picks PNEUMONIA where P(PNEUMONIA) >= 0.5
@@ -212,21 +211,9 @@ def _predict_all(
 
 
 def read_valid_predictions(exported: ExportedModel) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (0/1) and P(PNEUMONIA) of the validation split from `NAME.valid.csv` (sha-checked)."""
-    if "valid" not in exported.card.files:
-        raise ModelFileError(
-            f"Model card {exported.card_path} lists no validation predictions (NAME.valid.csv); "
-            "re-export the model with this version of pneumo-fastai to re-choose a threshold."
-        )
-    path = verify_file(exported.card, exported.card_path, "valid")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    classes = exported.card.classes
-    unknown = sorted({r["label"] for r in rows} - set(classes))
-    if unknown:
-        raise ModelFileError(f"{path} has labels {unknown}; expected {', '.join(classes)}.")
-    y = np.array([int(r["label"] != classes[0]) for r in rows], dtype=np.int64)
-    return y, np.array([float(r["probability"]) for r in rows])
+    """Labels (0/1) and P(PNEUMONIA) of the validation split (`NAME.valid.csv`, `read_valid`)."""
+    valid = read_valid(exported.card, exported.card_path)
+    return valid.y, valid.probability
 
 
 def operating_points(

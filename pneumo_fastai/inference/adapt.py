@@ -32,11 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from ..card import Card, EnsembleCard, card_path_of, parse_card, read_card, timestamp, verify_file
+from ..card import Card, EnsembleCard, card_path_of, parse_card, read_card, timestamp
 from ..config import ADAPT_MIN_IMAGES, CLASSES
 from ..data.layout import list_split
 from ..errors import DataError, PneumoError
 from ..fileio import sha256_file, write_text_atomic
+from ..valid_csv import read_valid
 from .inputs import expand_inputs
 from .label_shift_test import ShiftTest, label_shift_test
 from .prior_shift import PriorShift, bootstrap_interval, em_prevalence
@@ -102,12 +103,9 @@ def check_name(name: str) -> str:
 
 def validation_scores(card: Card, card_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Validation's P(PNEUMONIA) and labels (1: PNEUMONIA) from `NAME.valid.csv`, sha256-checked."""
-    valid = verify_file(card, card_path, "valid")
-    with open(valid, newline="") as f:
-        rows = list(csv.DictReader(f))
-    p = np.array([float(r["probability"]) for r in rows])
-    y = np.array([int(r["label"] == card.positive_class) for r in rows])
-    return p, y
+    valid = read_valid(card, card_path)
+    y = np.array([int(label == card.positive_class) for label in valid.labels])
+    return valid.probability, y
 
 
 def _repointed(card: Card, card_path: Path, folder: Path) -> dict[str, Any]:

@@ -33,7 +33,6 @@ interrupted run picks up where it stopped; `members=[i]` re-runs member i alone.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,14 +52,16 @@ from ..card import (
     ModelCard,
     Validation,
     read_card,
+    verify_file,
 )
-from ..config import CLASSES, TrainConfig
+from ..config import TrainConfig
 from ..data.layout import class_counts, fingerprint
 from ..errors import Interrupted, ModelFileError, PneumoError
 from ..figures.metrics import binary_metrics, choose_threshold, nan_to_none
 from ..fileio import sha256_file
 from ..inference.ood import conformal_quantile
 from ..inference.ood_check import COMBINED, combined_score
+from ..valid_csv import ValidTable, read_valid
 from .export import THRESHOLD_RULE, card_header, write_export, write_valid_csv
 from .train import train
 
@@ -71,7 +72,6 @@ RUNTIME_FIELDS = frozenset(
     {"data", "exports", "name", "num_workers", "cache", "device", "precision", "channels_last",
      "sync_bn", "onnx"}
 )  # fmt: skip
-Row = tuple  # (file, label, P(PNEUMONIA)[, OOD score]): a row of NAME.valid.csv
 COMBINE = "mean of the members' probabilities, each softmax(logits / member temperature)"
 
 
@@ -128,14 +128,15 @@ def finished_member(config: TrainConfig) -> ModelCard | None:
     return card
 
 
-def _read_valid(card_path: Path) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray | None]:
-    """A member's validation predictions: (file, label)s, P(PNEUMONIA)s, OOD scores (or None)."""
-    with open(card_path.with_suffix(".valid.csv"), newline="") as f:
-        rows = list(csv.DictReader(f))
-    p = np.array([float(r["probability"]) for r in rows])
-    scored = bool(rows) and rows[0].get("ood_score") not in (None, "")
-    ood = np.array([float(r["ood_score"]) for r in rows]) if scored else None
-    return [(r["file"], r["label"]) for r in rows], p, ood
+def check_member_files(card: ModelCard, card_path: Path, index: int) -> None:
+    """Before a finished member is reused: each of its files against its card's sha256."""
+    for kind in card.files:
+        try:
+            verify_file(card, card_path, kind)
+        except ModelFileError as e:
+            raise ModelFileError(
+                f"Member {card.name} cannot be reused: {e} Retrain it with --member {index}."
+            ) from e
 
 
 def ood_scales(cards: Sequence[ModelCard]) -> list[float] | None:
@@ -145,49 +146,46 @@ def ood_scales(cards: Sequence[ModelCard]) -> list[float] | None:
     return [card.ood.threshold for card in cards]
 
 
-def _rows(keys: Sequence[tuple[str, str]], *columns: np.ndarray) -> list[Row]:
-    """(file, label, *values) rows from keys and columns of values (as Python floats)."""
-    values = zip(*(c.tolist() for c in columns), strict=True)
-    return [(*key, *v) for key, v in zip(keys, values, strict=True)]
-
-
 def pooled_predictions(
     method: str,  # folds or seeds
-    cards: Sequence[Path],  # the members' cards, beside their NAME.valid.csv
+    tables: Sequence[ValidTable],  # the members' validation predictions (`read_valid`)
     scales: Sequence[float] | None = None,  # `ood_scales`: also pool the OOD scores
-) -> list[Row]:
-    """(file, label, probability[, OOD score]) the thresholds are chosen on (module docstring)."""
-    tables = [_read_valid(c) for c in cards]
-    if scales is not None and any(ood is None for *_, ood in tables):
+) -> ValidTable:
+    """The predictions the thresholds are chosen on (module docstring), ordered by file."""
+    if scales is not None and any(t.ood_score is None for t in tables):
         raise PneumoError("A member's valid.csv has no ood_score column: retrain that member.")
     if method == "folds":
-        rows = []
-        for i, (keys, p, ood) in enumerate(tables):
-            held_out = [] if scales is None else [combined_score([ood], [scales[i]])]
-            rows += _rows(keys, p, *held_out)
-        files = [r[0] for r in rows]
+        files = [f for t in tables for f in t.files]
         if len(set(files)) != len(files):
             raise PneumoError("The folds' validation sets overlap: an image is out of fold twice.")
-        return sorted(rows)
-    keys = tables[0][0]
-    if any(table[0] != keys for table in tables[1:]):
+        held_out = None
+        if scales is not None:
+            held_out = np.concatenate(
+                [combined_score([t.ood_score], [k]) for t, k in zip(tables, scales, strict=True)]
+            )
+        labels = [label for t in tables for label in t.labels]
+        p = np.concatenate([t.probability for t in tables])
+        return ValidTable(files, labels, p, held_out).sorted()
+    first = tables[0]
+    if any((t.files, t.labels) != (first.files, first.labels) for t in tables[1:]):
         raise PneumoError("The seed members were validated on different images.")
-    mean = np.mean([p for _, p, _ in tables], axis=0)
-    combined = [] if scales is None else [combined_score([o for *_, o in tables], scales)]
-    return _rows(keys, mean, *combined)
+    mean = np.mean([t.probability for t in tables], axis=0)
+    combined = None
+    if scales is not None:
+        combined = combined_score([t.ood_score for t in tables], scales)
+    return ValidTable(first.files, first.labels, mean, combined)
 
 
 def build_ensemble_card(
     config: TrainConfig, member_cards: Sequence[ModelCard], member_paths: Sequence[Path],
-    card_path: Path, pooled: Sequence[Row],
+    card_path: Path, pooled: ValidTable,
 ) -> EnsembleCard:  # fmt: skip
     """The ensemble's card, its `files` empty until `write_ensemble` fills them."""
     method = "folds" if config.folds else "seeds"
-    y = np.array([int(row[1] != CLASSES[0]) for row in pooled])  # subtype labels: not NORMAL
-    p = np.array([row[2] for row in pooled])
+    y, p = pooled.y, pooled.probability  # subtype labels: not NORMAL is PNEUMONIA
     threshold = choose_threshold(y, p, config.target_sensitivity)
     root = Path(member_cards[0].data.root)
-    files = [root / row[0] for row in pooled]
+    files = [root / f for f in pooled.files]
     return EnsembleCard(
         **card_header(config, member_cards[0].input),
         members=[
@@ -204,7 +202,7 @@ def build_ensemble_card(
             root=str(root),
             method=method,
             k=len(member_cards),
-            n_valid=len(pooled),
+            n_valid=len(pooled.files),
             valid_counts=class_counts(files),
             valid_fingerprint=fingerprint(files, root),
         ),
@@ -242,12 +240,12 @@ def build_ensemble_card(
 
 
 def ensemble_ood(
-    member_cards: Sequence[ModelCard], method: str, pooled: Sequence[Row]
+    member_cards: Sequence[ModelCard], method: str, pooled: ValidTable
 ) -> EnsembleOod | None:
     """The ensemble's OOD record: a threshold on `combined_score` (see the module docstring)."""
-    if ood_scales(member_cards) is None:
+    if ood_scales(member_cards) is None or pooled.ood_score is None:
         return None
-    scores = np.array([row[3] for row in pooled])
+    scores = pooled.ood_score
     first = member_cards[0].ood
     threshold = conformal_quantile(scores, first.alpha)
     held_out = (
@@ -271,10 +269,10 @@ def ensemble_ood(
     )
 
 
-def write_ensemble(card_path: Path, card: EnsembleCard, pooled: Sequence[Row]) -> EnsembleCard:
+def write_ensemble(card_path: Path, card: EnsembleCard, pooled: ValidTable) -> EnsembleCard:
     """Write the pooled predictions and the ensemble card listing them, atomically."""
     paths = ExportPaths.for_name(card_path.parent, card_path.stem)
-    return write_export(paths, card, {"valid": lambda tmp: write_valid_csv(tmp, pooled)})
+    return write_export(paths, card, {"valid": lambda tmp: write_valid_csv(tmp, pooled.rows())})
 
 
 def train_ensemble(
@@ -295,6 +293,7 @@ def train_ensemble(
     for i, member in enumerate(configs):
         done = finished_member(member)
         if done is not None and (members is None or i not in chosen):
+            check_member_files(done, ExportPaths.for_name(member.exports, member.name).card, i)
             log(f"Member {i + 1}/{len(configs)} {member.name}: already trained, kept.")
             cards.append(done)
             continue
@@ -310,7 +309,8 @@ def train_ensemble(
         cards.append(result.card)
     paths = [ExportPaths.for_name(c.exports, c.name).card for c in configs]
     card_path = ExportPaths.for_name(config.exports, config.name).card
-    pooled = pooled_predictions("folds" if config.folds else "seeds", paths, ood_scales(cards))
+    tables = [read_valid(c, p) for c, p in zip(cards, paths, strict=True)]
+    pooled = pooled_predictions("folds" if config.folds else "seeds", tables, ood_scales(cards))
     card = write_ensemble(
         card_path, build_ensemble_card(config, cards, paths, card_path, pooled), pooled
     )

@@ -29,6 +29,7 @@ from pneumo_fastai.training.ensemble import (
     train_ensemble,
 )
 from pneumo_fastai.training.train import train
+from pneumo_fastai.valid_csv import ValidTable
 
 from ..helpers.data import SHARED_DATA
 from ..helpers.system import one_torch_thread
@@ -162,6 +163,22 @@ def test_a_tampered_member_is_refused_by_name(ensemble, tmp_path):
         load_model(card)
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".valid.csv"])
+def test_a_finished_member_with_a_corrupted_file_is_not_reused(
+    ensemble, ensemble_config, tmp_path, suffix
+):
+    card = _copy(ensemble.card_path, tmp_path / "copy")
+    _tamper(
+        card.parent / "ens.members" / f"ens-fold0{suffix}", lambda data: data[:-8] + b"corrupt!"
+    )
+    config = ensemble_config.replace(exports=card.parent)
+    with pytest.raises(
+        ModelFileError, match=r"Member ens-fold0 cannot be reused: .* does not match"
+    ):
+        train_ensemble(config, progress=False, log=lambda _: None)
+    assert read_card(card) == ensemble.card, "the ensemble's card is left as it was"
+
+
 def _held_out_ratios(member: Path) -> list[tuple[str, float]]:
     """(file, OOD score / the member's threshold) of a member's validation images."""
     threshold = read_card(member).ood.threshold
@@ -245,34 +262,45 @@ def test_a_config_of_an_ensemble_is_refused_by_single_training(ensemble_config, 
         train(ensemble_config.replace(exports=tmp_path))
 
 
-def test_seed_members_are_averaged_on_their_shared_split(tmp_path):
-    rows = {"a": [("x/1.png", "NORMAL", 0.2), ("x/2.png", "PNEUMONIA", 0.9)],
-            "b": [("x/1.png", "NORMAL", 0.4), ("x/2.png", "PNEUMONIA", 0.7)]}  # fmt: skip
-    cards = []
-    for name, table in rows.items():
-        with open(tmp_path / f"{name}.valid.csv", "w", newline="") as f:
-            csv.writer(f).writerows([("file", "label", "probability"), *table])
-        cards.append(tmp_path / f"{name}.json")
-    pooled = pooled_predictions("seeds", cards)
-    assert [(f, label) for f, label, _ in pooled] == [
+def _table(rows: list[tuple]) -> ValidTable:
+    """A member's validation predictions, as `read_valid` gives them."""
+    files, labels, *columns = (list(c) for c in zip(*rows, strict=True))
+    return ValidTable(files, labels, *(np.array(c, dtype=np.float64) for c in columns))
+
+
+def test_seed_members_are_averaged_on_their_shared_split():
+    tables = [_table([("x/1.png", "NORMAL", 0.2), ("x/2.png", "PNEUMONIA", 0.9)]),
+              _table([("x/1.png", "NORMAL", 0.4), ("x/2.png", "PNEUMONIA", 0.7)])]  # fmt: skip
+    pooled = pooled_predictions("seeds", tables)
+    assert list(zip(pooled.files, pooled.labels, strict=True)) == [
         ("x/1.png", "NORMAL"),
         ("x/2.png", "PNEUMONIA"),
     ]
-    assert [p for *_, p in pooled] == pytest.approx([0.3, 0.8])
+    assert pooled.probability.tolist() == pytest.approx([0.3, 0.8])
 
 
-def test_seed_members_ood_scores_are_combined_on_each_member_s_scale(tmp_path):
-    header = ("file", "label", "probability", "ood_score")
+def test_seed_members_ood_scores_are_combined_on_each_member_s_scale():
     scores = {"a": (10.0, 30.0), "b": (300.0, 100.0)}
-    cards = []
-    for name, (one, two) in scores.items():
-        table = [("x/1.png", "NORMAL", 0.2, one), ("x/2.png", "PNEUMONIA", 0.9, two)]
-        with open(tmp_path / f"{name}.valid.csv", "w", newline="") as f:
-            csv.writer(f).writerows([header, *table])
-        cards.append(tmp_path / f"{name}.json")
-    pooled = pooled_predictions("seeds", cards, [20.0, 200.0])
-    assert [row[3] for row in pooled] == pytest.approx([(0.5 + 1.5) / 2, (1.5 + 0.5) / 2])
-    assert [len(row) for row in pooled_predictions("seeds", cards)] == [3, 3]
+    tables = [
+        _table([("x/1.png", "NORMAL", 0.2, one), ("x/2.png", "PNEUMONIA", 0.9, two)])
+        for one, two in scores.values()
+    ]
+    pooled = pooled_predictions("seeds", tables, [20.0, 200.0])
+    assert pooled.ood_score.tolist() == pytest.approx([(0.5 + 1.5) / 2, (1.5 + 0.5) / 2])
+    assert [len(row) for row in pooled_predictions("seeds", tables).rows()] == [3, 3]
+
+
+def test_fold_members_are_pooled_by_file_each_score_on_its_member_s_scale():
+    tables = [_table([("x/3.png", "PNEUMONIA", 0.9, 40.0), ("x/1.png", "NORMAL", 0.2, 10.0)]),
+              _table([("x/2.png", "NORMAL", 0.4, 300.0)])]  # fmt: skip
+    pooled = pooled_predictions("folds", tables, [20.0, 200.0])
+    assert pooled.rows() == [
+        ("x/1.png", "NORMAL", 0.2, 0.5),
+        ("x/2.png", "NORMAL", 0.4, 1.5),
+        ("x/3.png", "PNEUMONIA", 0.9, 2.0),
+    ]
+    with pytest.raises(PneumoError, match="overlap"):
+        pooled_predictions("folds", [tables[0], tables[0]])
 
 
 def test_seed_members_share_one_validation_split(seeds_config, tmp_path):
