@@ -128,7 +128,7 @@ def test_the_import_graph_sees_relative_absolute_and_function_level_imports():
     assert "pneumo_fastai.inference.classifier" in graph["pneumo_fastai.inference.onnx_engine"]
     assert "pneumo_fastai.inference.onnx_engine" in graph["pneumo_fastai.inference.predict"]
     assert "pneumo_fastai.inference.members" in graph["pneumo_fastai.inference.loading"]
-    assert "pneumo_fastai.inference.onnx_export" in graph["pneumo_fastai.training.ensemble"]
+    assert "pneumo_fastai.inference.onnx_export" in graph["pneumo_fastai.training.export"]
 
 
 # The road's layers, lowest first: a module imports only from its own layer or lower ones.

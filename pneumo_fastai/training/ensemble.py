@@ -62,7 +62,7 @@ from ..fileio import sha256_file
 from ..inference.ood import conformal_quantile
 from ..inference.ood_check import COMBINED, combined_score
 from ..valid_csv import ValidTable, read_valid
-from .export import THRESHOLD_RULE, card_header, write_export, write_valid_csv
+from .export import card_header, record_onnx, threshold_rule, write_export, write_valid_csv
 from .train import train
 
 Log = Callable[[str], None]
@@ -227,11 +227,10 @@ def build_ensemble_card(
         decision_threshold=DecisionThreshold(
             value=float(threshold),
             target_sensitivity=config.target_sensitivity,
-            rule=THRESHOLD_RULE.replace(
-                "on validation",
-                "on the pooled out-of-fold predictions, applied to the members' mean"
+            rule=threshold_rule(
+                "the pooled out-of-fold predictions, applied to the members' mean"
                 if method == "folds"
-                else "on the mean of the members' validation predictions",
+                else "the mean of the members' validation predictions"
             ),
         ),
         ood=ensemble_ood(member_cards, method, pooled),
@@ -315,10 +314,7 @@ def train_ensemble(
         card_path, build_ensemble_card(config, cards, paths, card_path, pooled), pooled
     )
     if config.onnx:
-        from ..inference.onnx_export import export_onnx
-
-        export_onnx(card_path)
-        card = read_card(card_path)
+        card = record_onnx(card_path)
     v = card.validation.at_threshold
     log(
         f"Ensemble of {len(cards)} ({card.data.method}): pooled validation accuracy "

@@ -23,6 +23,7 @@ from ..card import (
     CARD_SCHEMA_VERSION,
     Architecture,
     Calibration,
+    Card,
     DataFacts,
     DecisionThreshold,
     EnsembleCard,
@@ -31,27 +32,39 @@ from ..card import (
     FileEntry,
     InputSpec,
     ModelCard,
-    ModelOod,
     Normalization,
     TrainingFacts,
     Validation,
     library_versions,
+    read_card,
     research_use,
     timestamp,
 )
 from ..config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, TrainConfig
-from ..data.block import uses_cache
 from ..data.exclude import read_exclusions
 from ..data.layout import DatasetFiles, class_counts, fingerprint, relative_name
 from ..data.names import label_fn
 from ..data.preprocess import preprocessing
-from ..device import ComputePlan
 from ..fileio import sha256_file, staged_files
 from ..model import describe
 from .ood import FittedDetector
 
-THRESHOLD_RULE = "highest specificity with PNEUMONIA sensitivity >= target, on validation"
 CardT = TypeVar("CardT", ModelCard, EnsembleCard)
+
+
+def threshold_rule(on: str = "validation") -> str:
+    """How the decision threshold is chosen, `on` which predictions."""
+    return f"highest specificity with PNEUMONIA sensitivity >= target, on {on}"
+
+
+@dataclass(frozen=True)
+class ValidationFigures:
+    """The card's sections that the fp32 validation outputs give (`train.validation_figures`)."""
+
+    validation: Validation
+    calibration: Calibration
+    decision_threshold: DecisionThreshold
+    probabilities: list[float]  # calibrated P(PNEUMONIA) of each validation image, in order
 
 
 @dataclass(frozen=True)
@@ -61,15 +74,9 @@ class FinishedRun:
     config: TrainConfig
     ds: DatasetFiles  # the dataset folder as discovered
     learn: Learner  # best epoch restored, temperature set on the loss
-    plan: ComputePlan  # the precision and memory format the fit ran in
-    best_epoch: int
-    stopped_at_epoch: int | None  # where Ctrl-C/SIGTERM stopped it, if it did
-    balanced_fractions: dict[str, float] | None  # classes drawn in epoch 1 (balanced sampling)
-    rows: list[dict[str, float | None]]  # per-epoch losses and metrics
-    figures: dict[str, Any]  # `validation_figures` of the fp32 reference outputs
+    training: TrainingFacts  # how the run went
+    figures: ValidationFigures  # of the fp32 reference outputs
     detector: FittedDetector | None  # the OOD check, when fitted
-    phases: dict[str, float]  # wall seconds of each step so far
-    distributed: dict[str, Any]  # `DistributedRun.summary`
     work: Path  # the run's work folder (history.csv)
 
 
@@ -103,11 +110,9 @@ def input_spec(config: TrainConfig) -> InputSpec:
 
 def build_card(done: FinishedRun) -> ModelCard:
     """The model card of a finished run, its `files` empty until `write_export` fills them."""
-    config, ds, learn, rows, figures = done.config, done.ds, done.learn, done.rows, done.figures
-    phases, plan, best_epoch = done.phases, done.plan, done.best_epoch
+    config, ds, learn = done.config, done.ds, done.learn
     train_files = list(learn.dls.train_ds.items)
     valid_files = list(learn.dls.valid_ds.items)
-    epochs_run = len(rows)
     return ModelCard(
         **card_header(config, input_spec(config)),
         architecture=Architecture(
@@ -130,39 +135,21 @@ def build_card(done: FinishedRun) -> ModelCard:
             skipped_files=len(ds.skipped),
             excluded=_excluded(config, ds, train_files + valid_files),
         ),
-        training=TrainingFacts(
-            device=str(learn.dls.device),
-            epochs_run=epochs_run,
-            best_epoch=best_epoch,
-            stopped_early=done.stopped_at_epoch is None and epochs_run < config.epochs,
-            interrupted=done.stopped_at_epoch is not None,
-            interrupted_at_epoch=done.stopped_at_epoch,
-            balanced_first_epoch_fractions=done.balanced_fractions,
-            seconds=round(phases["fit"], 1),
-            seconds_per_epoch=round(phases["fit"] / max(epochs_run, 1), 1),
-            phases=phases,
-            precision=plan.precision,
-            channels_last=plan.channels_last,
-            compute_rule=plan.reason,
-            cached_in_ram=uses_cache(learn.dls),
-            num_workers=learn.dls.train.fake_l.num_workers,
-            distributed=done.distributed,
-        ),
-        validation=Validation(
-            best_epoch=rows[best_epoch],
-            argmax=figures["argmax"],
-            at_threshold=figures["at_threshold"],
-            subtype=figures.get("subtype"),
-        ),
-        calibration=Calibration(**figures["calibration"]),
-        decision_threshold=DecisionThreshold(
-            value=figures["threshold"],
-            target_sensitivity=config.target_sensitivity,
-            rule=THRESHOLD_RULE,
-        ),
-        ood=None if done.detector is None else ModelOod(**done.detector.facts),
+        training=done.training,
+        validation=done.figures.validation,
+        calibration=done.figures.calibration,
+        decision_threshold=done.figures.decision_threshold,
+        ood=None if done.detector is None else done.detector.ood,
         files={},
     )
+
+
+def record_onnx(card_path: Path) -> Card:
+    """`export onnx` for a fresh export: the graph written and listed in the card; the card."""
+    from ..inference.onnx_export import export_onnx
+
+    export_onnx(card_path)
+    return read_card(card_path)
 
 
 def _excluded(config: TrainConfig, ds: DatasetFiles, used: list[Path]) -> Exclusion | None:

@@ -8,10 +8,10 @@ validation split's were kept during the best epoch's own validation pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from ..card import ModelOod
 from ..inference.ood import ALPHA, GaussianStats, conformal_threshold, fit_gaussian
 
 OOD_METHOD = "mahalanobis"
@@ -23,7 +23,7 @@ class FittedDetector:
     """What `fit_detector` found: the statistics file's content and the card's record."""
 
     stats: GaussianStats
-    facts: dict[str, Any]  # the card's `ood` section (without the file)
+    ood: ModelOod  # the card's `ood` section (its file is listed in `files`)
     valid_scores: np.ndarray  # one per validation image, in order
 
 
@@ -38,16 +38,16 @@ def fit_detector(
     train_scores = stats.scores(train_features)
     valid_scores = stats.scores(valid_features)
     threshold = conformal_threshold(valid_scores, train_scores, alpha)
-    facts = {
-        "method": OOD_METHOD,
-        "features": FEATURES,
-        "alpha": alpha,
-        "threshold": threshold,
-        "threshold_rule": "(n+1) conformal quantile of the validation scores at 1 - alpha, "
+    ood = ModelOod(
+        method=OOD_METHOD,
+        features=FEATURES,
+        alpha=alpha,
+        threshold=threshold,
+        threshold_rule="(n+1) conformal quantile of the validation scores at 1 - alpha, "
         "at least the training scores' 1 - alpha quantile",
-        "shrinkage": shrinkage,
-        "n_train": len(train_scores),
-        "n_valid": len(valid_scores),
-        "valid_flagged": float((valid_scores > threshold).mean()),
-    }
-    return FittedDetector(stats, facts, valid_scores)
+        shrinkage=shrinkage,
+        n_train=len(train_scores),
+        n_valid=len(valid_scores),
+        valid_flagged=float((valid_scores > threshold).mean()),
+    )
+    return FittedDetector(stats, ood, valid_scores)

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import fastai.callback.schedule  # noqa: F401 - adds Learner.fit_one_cycle
 import numpy as np
@@ -25,9 +24,16 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from safetensors.torch import save_file
 
-from ..card import ExportPaths, ModelCard, read_card
+from ..card import (
+    Calibration,
+    DecisionThreshold,
+    ExportPaths,
+    ModelCard,
+    TrainingFacts,
+    Validation,
+)
 from ..config import TrainConfig
-from ..data.block import build_dataloaders
+from ..data.block import build_dataloaders, uses_cache
 from ..data.exclude import Exclusions, read_exclusions
 from ..data.layout import TRAIN_SPLITS, DatasetFiles, discover, relative_name
 from ..data.names import label_fn, subtype_of
@@ -57,7 +63,15 @@ from .callbacks import (
     SaveBestModel,
     stop_on_signals,
 )
-from .export import FinishedRun, build_card, write_export, write_valid_csv
+from .export import (
+    FinishedRun,
+    ValidationFigures,
+    build_card,
+    record_onnx,
+    threshold_rule,
+    write_export,
+    write_valid_csv,
+)
 from .ood import fit_detector
 from .optimizer import FusedAdam
 from .ranks import is_main_process
@@ -181,7 +195,8 @@ def validation_figures(
     logits: torch.Tensor,  # (n, n_classes) validation logits of the best epoch
     targs: torch.Tensor,  # (n,) class indices; 0 is NORMAL
     target_sensitivity: float,
-) -> dict[str, Any]:
+    best_epoch: dict[str, float | None],  # the best epoch's row of `epoch_rows`
+) -> ValidationFigures:
     """Temperature scaling, then metrics at argmax and at the threshold chosen on validation.
 
     The temperature is fitted on these validation logits; the threshold is chosen on the
@@ -202,21 +217,25 @@ def validation_figures(
             "brier": float(np.mean((pos - y) ** 2)),
         }
 
-    subtype = {} if z.shape[1] == 2 else {"subtype": nan_to_none(multiclass_metrics(labels, probs))}
-    return {
-        **subtype,
-        "threshold": float(threshold),
-        "argmax": nan_to_none(binary_metrics(y, p, 0.5)),
-        "at_threshold": nan_to_none(binary_metrics(y, p, threshold)),
-        "probabilities": p.tolist(),
-        "calibration": {
-            "temperature": temperature,
-            "method": CALIBRATION_METHOD,
-            "n": len(y),
-            "before": quality(raw, 1.0),
-            "after": quality(p, temperature),
-        },
-    }
+    return ValidationFigures(
+        validation=Validation(
+            best_epoch=best_epoch,
+            argmax=nan_to_none(binary_metrics(y, p, 0.5)),
+            at_threshold=nan_to_none(binary_metrics(y, p, threshold)),
+            subtype=None if z.shape[1] == 2 else nan_to_none(multiclass_metrics(labels, probs)),
+        ),
+        calibration=Calibration(
+            temperature=temperature,
+            method=CALIBRATION_METHOD,
+            n=len(y),
+            before=quality(raw, 1.0),
+            after=quality(p, temperature),
+        ),
+        decision_threshold=DecisionThreshold(
+            value=float(threshold), target_sensitivity=target_sensitivity, rule=threshold_rule()
+        ),
+        probabilities=p.tolist(),
+    )
 
 
 def epoch_rows(learn: Learner) -> list[dict[str, float | None]]:
@@ -311,28 +330,35 @@ def _fit(
     rows = epoch_rows(learn)
     with phases("reference"):  # fp32 outputs for the card (see `reference.py`)
         outputs = reference_outputs(learn, kept, plan, config.ood, config.seed)
-        figures = validation_figures(outputs.logits, outputs.targs, config.target_sensitivity)
+        figures = validation_figures(
+            outputs.logits, outputs.targs, config.target_sensitivity, rows[best.best_epoch]
+        )
         detector = None
         if config.ood:
             detector = fit_detector(
                 outputs.train_features, outputs.train_labels, outputs.valid_features
             )
-    learn.loss_func.temperature = figures["calibration"]["temperature"]  # in the pickle too
-    return FinishedRun(
-        config=config,
-        ds=built.ds,
-        learn=learn,
-        plan=plan,
+    learn.loss_func.temperature = figures.calibration.temperature  # in the pickle too
+    epochs_run, fit = len(rows), phases.seconds["fit"]
+    training = TrainingFacts(
+        device=str(learn.dls.device),
+        epochs_run=epochs_run,
         best_epoch=best.best_epoch,
-        stopped_at_epoch=stopper.stopped_at_epoch,
-        balanced_fractions=balance.first_epoch_fractions if balance else None,
-        rows=rows,
-        figures=figures,
-        detector=detector,
+        stopped_early=stopper.stopped_at_epoch is None and epochs_run < config.epochs,
+        interrupted=stopper.stopped_at_epoch is not None,
+        interrupted_at_epoch=stopper.stopped_at_epoch,
+        balanced_first_epoch_fractions=balance.first_epoch_fractions if balance else None,
+        seconds=round(fit, 1),
+        seconds_per_epoch=round(fit / max(epochs_run, 1), 1),
         phases=phases.seconds,
+        precision=plan.precision,
+        channels_last=plan.channels_last,
+        compute_rule=plan.reason,
+        cached_in_ram=uses_cache(learn.dls),
+        num_workers=learn.dls.train.fake_l.num_workers,
         distributed=run.summary(config.bs),
-        work=run.work,
     )
+    return FinishedRun(config, built.ds, learn, training, figures, detector, run.work)
 
 
 def _export(done: FinishedRun) -> ModelCard:
@@ -341,7 +367,7 @@ def _export(done: FinishedRun) -> ModelCard:
     paths = ExportPaths.for_name(config.exports, config.name)
     fields = build_card(done)
     scores = [] if done.detector is None else [done.detector.valid_scores.tolist()]
-    rows = _valid_rows(learn, done.ds, config.task, done.figures["probabilities"], *scores)
+    rows = _valid_rows(learn, done.ds, config.task, done.figures.probabilities, *scores)
     writers = {
         "pkl": learn.export,
         "weights": lambda p: save_file(learn.model.state_dict(), p),
@@ -351,12 +377,7 @@ def _export(done: FinishedRun) -> ModelCard:
     if done.detector is not None:
         writers["ood"] = done.detector.stats.save
     card = write_export(paths, fields, writers)
-    if config.onnx:
-        from ..inference.onnx_export import export_onnx
-
-        export_onnx(paths.card)
-        card = read_card(paths.card)
-    return card
+    return record_onnx(paths.card) if config.onnx else card
 
 
 def train(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel
 
 from pneumo_fastai.card import (
@@ -21,6 +22,7 @@ from pneumo_fastai.fileio import sha256_file
 from pneumo_fastai.inference.ood_check import COMBINED
 from pneumo_fastai.training.ensemble import build_ensemble_card, write_ensemble
 from pneumo_fastai.training.export import card_header, input_spec, write_export
+from pneumo_fastai.valid_csv import ValidTable, read_valid
 
 SCHEMA2 = Path(__file__).parents[1] / "fixtures" / "schema2"
 
@@ -82,10 +84,13 @@ def test_the_ensemble_card_is_built_typed_from_its_members_with_the_shared_heade
         path.write_text(card.to_json())
         members.append((card, path))
     cards, member_paths = [c for c, _ in members], [p for _, p in members]
-    pooled = [
-        (f"train/{cls}/{cls.lower()}{i}.jpeg", cls, 0.2 + 0.6 * (cls != "NORMAL"), 0.5 + i / 40)
-        for i, cls in enumerate(["NORMAL", "PNEUMONIA"] * 20)
-    ]
+    classes = ["NORMAL", "PNEUMONIA"] * 20
+    pooled = ValidTable(
+        [f"train/{cls}/{cls.lower()}{i}.jpeg" for i, cls in enumerate(classes)],
+        classes,
+        np.array([0.2 + 0.6 * (cls != "NORMAL") for cls in classes]),
+        np.array([0.5 + i / 40 for i in range(len(classes))]),
+    )
     config = TrainConfig(data=tmp_path, folds=2, name="ens", exports=tmp_path, size=32)
     card_path = tmp_path / "ens.json"
     card = build_ensemble_card(config, cards, member_paths, card_path, pooled)
@@ -103,6 +108,7 @@ def test_the_ensemble_card_is_built_typed_from_its_members_with_the_shared_heade
     written = write_ensemble(card_path, card, pooled)
     assert written.files["valid"].sha256 == sha256_file(tmp_path / "ens.valid.csv")
     assert read_card(card_path) == written and _loose(written) == []
+    assert read_valid(written, card_path).rows() == pooled.rows()
 
 
 def test_a_trained_card_is_typed_throughout_and_its_json_round_trips(real_export):
