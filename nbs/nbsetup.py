@@ -27,8 +27,6 @@ from pathlib import Path
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-from fastai.callback.core import Callback  # noqa: E402
-from fastai.callback.progress import CSVLogger  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pneumo_fastai import TrainConfig, train  # noqa: E402
@@ -131,43 +129,11 @@ def train_config(**changes) -> TrainConfig:
     return config.replace(**changes)
 
 
-class EpochLine(Callback):
-    """One plain text line per epoch, for runs with fastai's progress bars off (no HTML output)."""
-
-    order = CSVLogger.order - 1  # before CSVLogger, which wraps the logger it finds
-
-    def before_fit(self) -> None:
-        self.learn.logger = self._line
-
-    def _line(self, log: list) -> None:
-        names = self.recorder.metric_names
-        parts = [
-            f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}"
-            for n, v in zip(names, log, strict=False)
-        ]
-        print("  ".join(parts))
-
-
-class PlainLogger(Callback):
-    """Puts fastai's default logger back after CSVLogger restored ours: the export must not
-    refer to this module, or `load_learner` would fail outside nbs/."""
-
-    order = CSVLogger.order + 1
-
-    def after_fit(self) -> None:
-        self.learn.logger = print
-
-
-def epoch_lines() -> list[Callback]:
-    """Callbacks for `train(..., progress=False, cbs=epoch_lines())`: one line per epoch."""
-    return [EpochLine(), PlainLogger()]
-
-
 def ensure_model() -> Path:
     """The main model's card: the export notebook 01 wrote, or a fresh one trained the same way."""
     card = EXPORTS / f"{NAME}.json"
     if not card.is_file():
-        train(train_config(), progress=False, cbs=epoch_lines())
+        train(train_config(), progress=False)  # fastai's epoch table as plain lines
     return card
 
 

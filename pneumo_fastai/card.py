@@ -140,7 +140,7 @@ class Calibration(Section):
 
 
 class OodFacts(Section):
-    """How the export flags inputs unlike its training X-rays (see `inference/ood.py`)."""
+    """How the export flags inputs unlike its training X-rays (see `inference/ood_scores.py`)."""
 
     method: str  # mahalanobis (statistics in files["ood"])
     features: str

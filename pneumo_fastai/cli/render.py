@@ -130,7 +130,8 @@ def _more(console: Console, n: int) -> None:
 
 def headline_tables(ev: Evaluation) -> list[Table]:
     """One table per inference mode: headline figures at argmax and the decision threshold."""
-    from ..evaluation.report import MODE_NAMES, SHORT_NAMES, headline_rows
+    from ..evaluation.evaluate import MODE_NAMES
+    from ..evaluation.report import SHORT_NAMES, headline_rows
 
     tables = []
     for mode in ev.summaries:

@@ -45,6 +45,7 @@ from ..valid_csv import read_valid
 
 REPORTS = Path("reports")  # default parent of the report folder reports/NAME/
 ARGMAX_THRESHOLD = 0.5  # two classes: argmax picks PNEUMONIA where P(PNEUMONIA) >= 0.5
+MODE_NAMES = {"plain": "plain", "tta": "TTA"}  # how reports and plots name the two passes
 
 
 @dataclass(frozen=True)

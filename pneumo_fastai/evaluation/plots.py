@@ -31,14 +31,13 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 from ..card import ExportPaths
 from ..config import CLASSES
 from ..figures.metrics import expected_calibration_error, reliability_curve
-from .evaluate import REPORTS, EvalRun, OperatingPoint, run_test_set
+from .evaluate import MODE_NAMES, REPORTS, EvalRun, OperatingPoint, run_test_set
 from .gradcam import CAM_STRIDE, CamLayer, grad_cam, unnormalize_gray
 
 PLOTS = "plots"  # sub-folder of the report folder that holds the PNGs
 _DPI = 110
 _CAM_BATCH = 16  # images per Grad-CAM forward/backward pass
 _MARKERS = ("o", "s", "D")
-_MODE_NAMES = {"plain": "plain", "tta": "TTA"}
 CAPTIONS: dict[str, str] = {
     "confusion_matrix": "Confusion matrix, counts (argmax rule; fastai)",
     "confusion_matrix_normalized": "Confusion matrix, row-normalised (argmax rule; fastai)",
@@ -147,7 +146,7 @@ def roc_figure(
     for mode, p in probabilities.items():
         fpr, tpr, _ = roc_curve(y, p)
         style = "-" if mode == "plain" else "--"
-        ax.plot(fpr, tpr, style, label=f"{_MODE_NAMES[mode]} (AUC {auc(fpr, tpr):.3f})")
+        ax.plot(fpr, tpr, style, label=f"{MODE_NAMES[mode]} (AUC {auc(fpr, tpr):.3f})")
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
     p = probabilities["plain"]
     for pt, marker in zip(points, _MARKERS, strict=False):
@@ -175,7 +174,7 @@ def pr_figure(
         precision, recall, _ = precision_recall_curve(y, p)
         ap = average_precision_score(y, p)
         style = "-" if mode == "plain" else "--"
-        ax.plot(recall, precision, style, label=f"{_MODE_NAMES[mode]} (AP {ap:.3f})")
+        ax.plot(recall, precision, style, label=f"{MODE_NAMES[mode]} (AP {ap:.3f})")
     ax.axhline(y.mean(), ls=":", color="grey", label=f"prevalence {y.mean():.2f}")
     p = probabilities["plain"]
     for pt, marker in zip(points, _MARKERS, strict=False):

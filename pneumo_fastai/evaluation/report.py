@@ -24,11 +24,16 @@ from ..card import library_versions, timestamp
 from ..config import CLASSES
 from ..figures.metrics import HEADLINE_METRICS
 from ..fileio import staged_files
-from .evaluate import ARGMAX_THRESHOLD, Evaluation, format_threshold, model_facts
+from .evaluate import (
+    ARGMAX_THRESHOLD,
+    MODE_NAMES,
+    Evaluation,
+    format_threshold,
+    model_facts,
+)
 from .plots import CAPTIONS
 
 LEVEL = 0.95  # coverage of `metrics.summarize`'s intervals (its default)
-MODE_NAMES = {"plain": "plain", "tta": "TTA"}
 METRIC_NAMES = {
     "accuracy": "Accuracy",
     "balanced_accuracy": "Balanced accuracy",

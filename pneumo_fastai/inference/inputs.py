@@ -22,7 +22,7 @@ from ..data.formats import PREDICT_SUFFIXES
 from ..data.images import check_image, is_dicom, to_gray8
 from ..errors import DataError
 from ..fileio import worker_count
-from .ood import input_problem
+from .ood_scores import input_problem
 
 Item = Path | str | Image.Image  # what can be predicted: a file path or an in-memory image
 _GLOB_CHARS = frozenset("*?[")
@@ -33,7 +33,7 @@ class Decoded:
     """An item decoded for the model, and what the cheap input checks found (when asked)."""
 
     image: Image.Image  # mode "L", about `size` px (see `load_xray`)
-    problem: str | None = None  # why it is unlike a chest radiograph (`ood.input_problem`)
+    problem: str | None = None  # why it is unlike a chest radiograph (`ood_scores.input_problem`)
 
 
 def _raw_problem(item: Item, gray: Image.Image) -> str | None:

@@ -3,11 +3,11 @@
     check = OodCheck.of(card, card_path)  # None for an export without one
     flagged = check.scores(features_per_network) > check.threshold
 
-A single model's score is its Mahalanobis score (`ood.GaussianStats`), compared with its card's
-threshold. An ensemble's is `combined_score`: the mean over its members of each member's score
-divided by that member's own threshold (1: at the member's threshold, whatever the scale of its
-features), compared with the ensemble card's threshold, which training chose on that same
-scale with this same function (`training/ensemble.py`). Every engine (torch, onnxruntime) goes
+A single model's score is its Mahalanobis score (`ood_scores.GaussianStats`), compared with its
+card's threshold. An ensemble's is `combined_score`: the mean over its members of each member's
+score divided by that member's own threshold (1: at the member's threshold, whatever the scale
+of its features), compared with the ensemble card's threshold, which training chose on that
+same scale with this same function (`training/ensemble.py`). Every engine (torch, onnxruntime) goes
 through here. Statistics and member cards are sha256-checked before they are read; nothing here
 imports torch.
 """
@@ -22,7 +22,7 @@ import numpy as np
 from ..card import Card, EnsembleCard, verify_file
 from ..errors import ModelFileError
 from .members import member_cards
-from .ood import GaussianStats
+from .ood_scores import GaussianStats
 
 COMBINED = "mean over the members of each member's score divided by its own threshold"
 

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ..card import Card, EnsembleCard
+from ..data.formats import PREDICT_SUFFIXES
 from ..datatools.download import extract_zip
 from ..errors import PneumoError
 from ..evaluation.gradcam import ForwardCapture, overlay
@@ -45,7 +46,7 @@ BANNER = (
     "**Research software, not a medical device.** The answer below is a model's guess on one "
     "image, for research and testing only; it must not be used to diagnose or treat anyone."
 )
-FILE_TYPES = [".jpeg", ".jpg", ".png", ".tif", ".tiff", ".dcm", ".dicom"]
+FILE_TYPES = sorted(PREDICT_SUFFIXES)  # what the upload boxes offer
 THEME = gr.themes.Default(  # system fonts: the page loads nothing from the internet
     font=["system-ui", "-apple-system", "Segoe UI", "sans-serif"],
     font_mono=["ui-monospace", "SFMono-Regular", "monospace"],

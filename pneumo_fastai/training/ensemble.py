@@ -33,7 +33,7 @@ interrupted run picks up where it stopped; `members=[i]` re-runs member i alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,13 +59,12 @@ from ..data.layout import class_counts, fingerprint
 from ..errors import Interrupted, ModelFileError, PneumoError
 from ..figures.metrics import binary_metrics, choose_threshold, nan_to_none
 from ..fileio import sha256_file
-from ..inference.ood import conformal_quantile
 from ..inference.ood_check import COMBINED, combined_score
+from ..inference.ood_scores import conformal_quantile
 from ..valid_csv import ValidTable, read_valid
 from .export import card_header, record_onnx, threshold_rule, write_export, write_valid_csv
-from .train import train
+from .train import Log, train
 
-Log = Callable[[str], None]
 # Fields that change how a run is computed, not what it learns: a member trained with other
 # values of these is still the same member.
 RUNTIME_FIELDS = frozenset(

@@ -47,7 +47,7 @@ from ..data.names import label_fn
 from ..data.preprocess import preprocessing
 from ..fileio import sha256_file, staged_files
 from ..model import describe
-from .ood import FittedDetector
+from .ood_fit import FittedDetector
 
 CardT = TypeVar("CardT", ModelCard, EnsembleCard)
 

@@ -72,7 +72,7 @@ from .export import (
     write_export,
     write_valid_csv,
 )
-from .ood import fit_detector
+from .ood_fit import fit_detector
 from .optimizer import FusedAdam
 from .ranks import is_main_process
 from .reference import reference_outputs

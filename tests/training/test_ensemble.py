@@ -20,7 +20,7 @@ from pneumo_fastai.config import CLASSES
 from pneumo_fastai.data.layout import discover
 from pneumo_fastai.errors import ModelFileError, PneumoError
 from pneumo_fastai.figures.metrics import choose_threshold
-from pneumo_fastai.inference.ood import conformal_quantile
+from pneumo_fastai.inference.ood_scores import conformal_quantile
 from pneumo_fastai.inference.predict import load_model
 from pneumo_fastai.training.ensemble import (
     EnsembleResult,

@@ -13,7 +13,7 @@ Two layers, both cheap:
    1 - alpha (default: 2 % of validation images flagged), never below the same quantile of the
    training scores, so that a small validation set does not over-flag. An ensemble combines its
    members' scores (`ood_check.combined_score`). The energy score of the logits (Liu et al.
-   2020) is the measured alternative (bench/ood.py).
+   2020) is the measured alternative (bench/ood_flags.py).
 
 A flagged image keeps its probability but is marked, so that no one reads it as a diagnosis.
 Nothing here imports torch: the ONNX engine uses it as the torch engine does.

@@ -1,6 +1,6 @@
 """How often the OOD check flags: held-out X-rays, their corruptions, photos and odd X-rays.
 
-    python bench/ood.py exports/pneumo_resnet34.json --test /path/holdout/chest_xray/test
+    python bench/ood_flags.py exports/pneumo_resnet34.json --test /path/holdout/chest_xray/test
 
 Sets, each predicted through the export (`load_model(...).predict_batch`, so the input checks and
 the feature check both act, as in `predict`):
@@ -29,7 +29,7 @@ from robustness import CORRUPTIONS
 from pneumo_fastai import load_model
 from pneumo_fastai.data.images import load_xray
 from pneumo_fastai.data.layout import list_split
-from pneumo_fastai.inference.ood import conformal_threshold
+from pneumo_fastai.inference.ood_scores import conformal_threshold
 from pneumo_fastai.training.reference import features_and_logits
 from pneumo_fastai.valid_csv import read_valid
 

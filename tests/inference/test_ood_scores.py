@@ -10,13 +10,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pneumo_fastai.cli import app
-from pneumo_fastai.inference.ood import (
+from pneumo_fastai.inference.ood_check import OodCheck, combined_score
+from pneumo_fastai.inference.ood_scores import (
     GaussianStats,
     conformal_quantile,
     conformal_threshold,
     input_problem,
 )
-from pneumo_fastai.inference.ood_check import OodCheck, combined_score
 from pneumo_fastai.inference.predict import load_model
 
 from ..helpers.cards import old_export_with_fresh_weights

@@ -1,8 +1,8 @@
 """Fit an export's OOD detector: Gaussian statistics of training features, a validation threshold.
 
-Called by `train` once the best epoch is restored (see `inference/ood.py` for the method). The
-training split's features come from one inference pass over it (no augmentation); the
-validation split's were kept during the best epoch's own validation pass.
+Called by `train` once the best epoch is restored (see `inference/ood_scores.py` for the
+method). The training split's features come from one inference pass over it (no augmentation);
+the validation split's were kept during the best epoch's own validation pass.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..card import ModelOod
-from ..inference.ood import ALPHA, GaussianStats, conformal_threshold, fit_gaussian
+from ..inference.ood_scores import ALPHA, GaussianStats, conformal_threshold, fit_gaussian
 
 OOD_METHOD = "mahalanobis"
 FEATURES = "pooled layer4 (the head's average pool, 512 values)"
