@@ -36,7 +36,9 @@ class TrainConfig:
     # binary: NORMAL vs PNEUMONIA. subtype: NORMAL, BACTERIA, VIRUS from the PNEUMONIA file names
     # (bacteria/virus in the name); P(PNEUMONIA) = P(BACTERIA) + P(VIRUS) gives the decision.
     task: Task = "binary"
-    exports: Path = Path("exports")  # Folder for NAME.pkl, NAME.pth and NAME.json.
+    # Folder for the export: NAME.json (the model card), NAME.safetensors, NAME.pkl and the files
+    # the card lists.
+    exports: Path = Path("exports")
     name: str = "pneumo_resnet34"  # Base name of the exported files.
     seed: int = 42  # Seed for the split, sampling, initialisation and augmentation.
     # Seed of the train/valid split, the folds and --limit's draw alone (default: --seed). The

@@ -249,7 +249,7 @@ def operating_points(
 
 
 def run_test_set(
-    model: Path | str,  # export: NAME.json, NAME.pkl or NAME.pth
+    model: Path | str,  # export: NAME.json, NAME.safetensors or NAME.pkl
     data: Path | str | None = None,  # dataset root; its test/ split is evaluated
     test: Path | str | None = None,  # or any folder with NORMAL/ and PNEUMONIA/
     *,
@@ -329,7 +329,7 @@ def compute_figures(
 
 
 def evaluate(
-    model: Path | str,  # export: NAME.json, NAME.pkl or NAME.pth
+    model: Path | str,  # export: NAME.json, NAME.safetensors or NAME.pkl
     data: Path | str | None = None,  # dataset root; its test/ split is evaluated
     test: Path | str | None = None,  # or any folder with NORMAL/ and PNEUMONIA/
     *,

@@ -339,7 +339,7 @@ def draw_all(
 
 
 def interpret(
-    model: Path | str,  # export: NAME.json, NAME.pkl or NAME.pth
+    model: Path | str,  # export: NAME.json, NAME.safetensors or NAME.pkl
     data: Path | str | None = None,  # dataset root; its test/ split is used
     test: Path | str | None = None,  # or any folder with NORMAL/ and PNEUMONIA/
     out: Path | str | None = None,  # report folder; plots go to its plots/ (reports/NAME/)

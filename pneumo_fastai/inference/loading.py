@@ -213,7 +213,7 @@ def _load_ensemble(
 
 
 def load_export(
-    path: Path | str,  # export: NAME.json, NAME.pth, NAME.pkl, or a folder holding one card
+    path: Path | str,  # export: NAME.json, NAME.safetensors, NAME.pkl (0.1.0: NAME.pth), its folder
     trust_pickle: bool = False,  # load the fastai pickles (run their code) instead of the weights
     device: str = "auto",  # auto, cpu, cuda or cuda:N
     precision: str = "auto",  # auto (the device rule), fp32 or bf16

@@ -1,7 +1,9 @@
 """The export of a finished run: the model card built from it, and its files written atomically.
 
 Files: NAME.pkl (fastai Learner), NAME.safetensors (weights only), NAME.history.csv (fastai's
-CSVLogger), NAME.valid.csv (validation predictions) and NAME.json, the card (see `card.py`)
+CSVLogger), NAME.valid.csv (validation predictions, `valid_csv.py`), NAME.ood.safetensors (the
+OOD check's statistics, when it is on), NAME.onnx (with --onnx, `record_onnx`) and NAME.json,
+the card (see `card.py`)
 listing the others with their sha256. `build_card` makes the card, typed, with `files` empty;
 `write_export` fills them in from the files it has just written. Every file is first written
 under a temporary name in the export folder and renamed into place only when all of them are
