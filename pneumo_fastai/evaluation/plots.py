@@ -31,6 +31,7 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 from ..card import ExportPaths
 from ..config import CLASSES
 from ..figures.metrics import expected_calibration_error, reliability_curve
+from ..progress import interactive
 from .evaluate import MODE_NAMES, REPORTS, EvalRun, OperatingPoint, run_test_set
 from .gradcam import CAM_STRIDE, CamLayer, grad_cam, unnormalize_gray
 
@@ -307,7 +308,7 @@ def draw_all(
     learn = run.exported.learner_for(run.dl)
     plots: dict[str, Path] = {}
     k = max(1, min(n_top, len(y)))
-    with agg_pyplot(), nullcontext() if progress else learn.no_bar():
+    with agg_pyplot(), nullcontext() if progress and interactive() else learn.no_bar():
         interp = XrayInterpretation.from_learner(learn, dl=run.dl)
         for name, normalize in (("confusion_matrix", False), ("confusion_matrix_normalized", True)):
             interp.plot_confusion_matrix(

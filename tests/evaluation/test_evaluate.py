@@ -12,6 +12,8 @@ import csv
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +206,23 @@ def test_cli_evaluate_prints_table_and_writes_report(done, tmp_path, monkeypatch
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["bootstrap"]["n_resamples"] == 200
     assert (out / "report.html").is_file() and (out / "plots" / "roc.png").is_file()
+
+
+def test_evaluate_into_a_file_writes_lines_and_no_progress_bar(done, tmp_path):
+    """Progress on (the default) with the output in a file: `track`'s start and end lines, and
+    none of fastai's bars (carriage-return frames)."""
+    log = tmp_path / "eval.log"
+    args = ["evaluate", str(done.card), "--data", str(done.data), "--out", str(tmp_path / "out")]
+    args += ["--n-boot", "10", "--n", "2", "--num-workers", "0", "--bs", "16", "--device", "cpu"]
+    with open(log, "w") as f:
+        code = subprocess.run(
+            [sys.executable, "-m", "pneumo_fastai.cli", *args],
+            stdout=f, stderr=subprocess.STDOUT, timeout=600,
+        ).returncode  # fmt: skip
+    text = log.read_text()
+    assert code == 0, text
+    assert "Predicting: " in text and " done in " in text
+    assert "\r" not in text
 
 
 def test_cli_reports_a_missing_test_split_without_traceback(done, tmp_path):
