@@ -98,12 +98,16 @@ def test_unknown_keys_of_typed_sections_survive_a_round_trip():
 
 @pytest.mark.parametrize("name", ["single", "ens", "adapted"])
 def test_a_schema_2_card_without_intended_use_loads_and_round_trips_unchanged(name):
+    """Unchanged but for the defaults of sections added since (intended use, adaptation kind)."""
     data = _schema2(name)
     assert "intended_use" not in data
     card = parse_card(data, name)
     assert card.intended_use == research_use()
     written = json.loads(card.to_json())
     assert written.pop("intended_use") == research_use().model_dump()
+    if data.get("adaptation"):  # what `adapt` records since the label-shift test and --labels
+        added = {"kind": "prior", "shift_test": None, "labels": None}
+        assert {k: written["adaptation"].pop(k) for k in added} == added
     assert written == data
 
 
