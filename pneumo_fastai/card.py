@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .config import TrainConfig
 from .errors import ModelFileError
@@ -41,6 +41,11 @@ from .fileio import sha256_file
 CARD_SCHEMA_VERSION = 2
 SHA256 = r"^[0-9a-f]{64}$"
 Number = float | None  # a figure; None where the data leave it undefined
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # NaN or inf would switch a check off
+Probability = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]  # strictly inside
+Share = Annotated[float, Field(ge=0.01, le=0.99, allow_inf_nan=False)]  # MIN_SHARE .. 1-MIN_SHARE
+MIN_SHARE = 0.01  # a class share nearer 0 or 1 than this says the estimate failed (one class)
+MAX_INPUT_SIZE = 2048  # px; the network's input side (training needs >= 32)
 
 
 class Section(BaseModel):
@@ -50,14 +55,16 @@ class Section(BaseModel):
 
 
 class Normalization(Section):
-    mean: list[float]
-    std: list[float]
+    mean: list[Finite] = Field(min_length=1, max_length=3)
+    std: list[Annotated[float, Field(gt=1e-6, allow_inf_nan=False)]] = Field(
+        min_length=1, max_length=3
+    )  # divides the pixels: a zero would make every input infinite
 
 
 class InputSpec(Section):
     """What the network expects, and how every engine gets there from a file."""
 
-    size: int = Field(ge=1)  # square side in pixels
+    size: int = Field(ge=32, le=MAX_INPUT_SIZE)  # square side in pixels
     resize: Literal["squash"]  # the whole image squashed to size x size (no crop)
     channels: int  # 3: gray copied to RGB
     source: str  # how a file becomes those channels
@@ -132,7 +139,7 @@ class Validation(Section):
 class Calibration(Section):
     """Temperature scaling fitted on validation logits; every engine divides logits by it."""
 
-    temperature: float = Field(gt=0.0)
+    temperature: float = Field(gt=0.0, allow_inf_nan=False)
     method: str
     n: int  # validation images it was fitted on
     before: dict[str, float]  # nll, ece, brier at temperature 1
@@ -144,8 +151,8 @@ class OodFacts(Section):
 
     method: str  # mahalanobis (statistics in files["ood"])
     features: str
-    alpha: float  # share of validation images flagged
-    threshold: float  # scores above it are flagged
+    alpha: Probability  # share of validation images flagged
+    threshold: Finite  # scores above it are flagged (NaN would flag nothing)
     threshold_rule: str
     n_train: int
     n_valid: int
@@ -166,8 +173,8 @@ class EnsembleOod(OodFacts):
 
 
 class DecisionThreshold(Section):
-    value: float = Field(ge=0.0, le=1.0)  # PNEUMONIA where P(PNEUMONIA) >= value
-    target_sensitivity: float | None = None
+    value: Probability  # PNEUMONIA where P(PNEUMONIA) >= value (0 or 1: one answer for all)
+    target_sensitivity: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = None
     rule: str
 
 
@@ -219,17 +226,25 @@ class Adaptation(Section):
     kind: Literal["prior", "labels"] = "prior"
     method: str  # how it was estimated
     rule: str  # how probabilities are adapted
-    source: dict[str, float] = Field(default_factory=dict)  # prior: shares the model assumes
-    target: dict[str, float] = Field(default_factory=dict)  # prior: the site's estimated shares
-    interval: dict[str, tuple[float, float]] = Field(default_factory=dict)  # of `target`
-    level: float  # of the intervals
+    source: dict[str, Share] = Field(default_factory=dict)  # prior: shares the model assumes
+    target: dict[str, Share] = Field(default_factory=dict)  # prior: the site's estimated shares
+    interval: dict[str, tuple[Finite, Finite]] = Field(default_factory=dict)  # of `target`
+    level: Probability  # of the intervals
     n_images: int  # the site's images used
     n_left_out: int  # flagged by the OOD check or unreadable, not used
     folder: str  # where the site's images (or its label file) were
-    raw_threshold: float | None = None  # prior: unadapted P(PNEUMONIA) that now decides
+    raw_threshold: Probability | None = None  # prior: unadapted P(PNEUMONIA) that now decides
     base: AdaptedFrom  # the card adapted
     shift_test: ShiftTestFacts | None = None  # prior: the label-shift test (older cards: none)
     labels: SiteLabelsFit | None = None  # kind "labels"
+
+    @model_validator(mode="after")
+    def _shares_sum_to_one(self) -> Adaptation:
+        for which in ("source", "target"):
+            shares = getattr(self, which)
+            if self.kind == "prior" and abs(sum(shares.values()) - 1.0) > 1e-6:
+                raise ValueError(f"{which} shares sum to {sum(shares.values())}, not 1")
+        return self
 
 
 class FileEntry(Section):
@@ -307,6 +322,25 @@ class CardBase(Section):
     intended_use: IntendedUse = Field(default_factory=research_use)  # older cards: research use
     onnx: OnnxEntry | None = None  # `export onnx`: the graph's input spec (files["onnx"])
     adaptation: Adaptation | None = None  # `adapt`: probabilities re-weighted to a site's mix
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CardBase:
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes {self.classes} must be two or more distinct names")
+        pooled = self.task == "subtype" and self.positive_class == "PNEUMONIA"
+        if self.positive_class not in self.classes[1:] and not pooled:
+            raise ValueError(
+                f"positive_class {self.positive_class!r} is not one of the classes after "
+                f"the first ({', '.join(self.classes[1:])})"
+            )
+        norm = self.input.normalize
+        if len(norm.mean) != len(norm.std):
+            raise ValueError("input.normalize.mean and std differ in length")
+        if self.adaptation is not None and self.adaptation.kind == "prior":
+            for which in ("source", "target"):
+                if set(getattr(self.adaptation, which)) != set(self.classes):
+                    raise ValueError(f"adaptation.{which} does not name the card's classes")
+        return self
 
     def train_config(self) -> TrainConfig:
         """The training configuration recorded in the card."""
@@ -505,19 +539,59 @@ def read_card(path: Path | str) -> Card:
     return parse_card(data, f"Model card {card_path}")
 
 
+def _base_folder(card: CardBase, card_path: Path) -> Path | None:
+    """An adapted card's source export folder: where its files are, beside the source's card."""
+    base = card.adaptation.base if card.adaptation is not None else None
+    if base is None or Path(base.name).name != base.name or base.name in ("", ".", ".."):
+        return None
+    names = [e.name for e in card.files.values()]
+    names += [m.card for m in getattr(card, "members", [])]
+    for name in names:
+        found = (card_path.parent / name).resolve()
+        for folder in (found.parent, found.parent.parent):  # a file, or a member's card
+            if (folder / f"{base.name}.json").is_file():
+                return folder
+    return None
+
+
+def export_folders(card: CardBase, card_path: Path | str) -> list[Path]:
+    """The folders a card's files may lie in: its own and, if adapted, its source export's."""
+    card_path = Path(card_path)
+    own = card_path.parent.resolve()
+    base = _base_folder(card, card_path)
+    return [own] if base is None or base == own else [own, base]
+
+
+def resolve_in_export(card: CardBase, card_path: Path | str, name: str, what: str) -> Path:
+    """`name` (relative to the card's folder) resolved, links followed, if it stays in the export.
+
+    Absolute names, `..` and symbolic links that lead out of `export_folders` are refused, so
+    that a card cannot make any reader open (or hash) a file elsewhere on the machine.
+    """
+    card_path = Path(card_path)
+    path = (card_path.parent / name).resolve()
+    folders = export_folders(card, card_path)
+    if not any(path.is_relative_to(folder) for folder in folders):
+        raise ModelFileError(
+            f"Model card {card_path} lists {what} {name!r}, which lies outside the export's "
+            f"folder ({folders[0]}); absolute paths, '..' and links out of it are refused. "
+            "Keep an export's files beside its card (copy the whole folder), or re-export it."
+        )
+    return path
+
+
 def verify_file(card: CardBase, card_path: Path | str, kind: str) -> Path:
     """Path of the card's `kind` file ('pkl', 'weights', 'valid'), after checking its sha256."""
     entry = card.files.get(kind)
     if entry is None:
         raise ModelFileError(f"Model card {card_path} lists no {kind} file; re-export the model.")
-    path = Path(card_path).parent / entry.name
+    path = resolve_in_export(card, card_path, entry.name, f"its {kind} file")
     if not path.is_file():
         raise ModelFileError(f"{path} is missing; it belongs to model card {card_path}.")
-    actual = sha256_file(path)
-    if actual != entry.sha256:
+    if sha256_file(path) != entry.sha256:
         raise ModelFileError(
-            f"{path} does not match its model card (sha256 {actual[:12]}… instead of "
-            f"{entry.sha256[:12]}…): the file was modified or belongs to another export. "
+            f"{path} does not match its model card (its sha256 is not the {entry.sha256[:12]}… "
+            "the card records): the file was modified or belongs to another export. "
             "Refusing to load it."
         )
     return path

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..card import EnsembleCard, ModelCard, read_card
+from ..card import EnsembleCard, ModelCard, read_card, resolve_in_export
 from ..errors import ModelFileError
 from ..fileio import sha256_file
 
 
 def member_cards(card: EnsembleCard, card_path: Path) -> list[tuple[ModelCard, Path]]:
     """Each member's card and its path, after checking it against the ensemble card's sha256."""
-    out = []
+    out: list[tuple[ModelCard, Path]] = []
     for member in card.members:
-        path = Path(card_path).parent / member.card
+        path = resolve_in_export(card, card_path, member.card, f"member {member.name}'s card")
+        if path in [p for _, p in out]:
+            raise ModelFileError(
+                f"{card_path} lists member card {member.card} twice; an ensemble's members are "
+                "distinct networks. Rebuild it with `pneumo-fastai train --folds` or `--seeds`."
+            )
         if not path.is_file():
             raise ModelFileError(f"Member {member.name} of {card_path} is missing ({path}).")
         if sha256_file(path) != member.sha256:
