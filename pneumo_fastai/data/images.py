@@ -12,7 +12,11 @@ image, upright as the EXIF orientation says. Decisions:
   few hot or dead detector pixels do not squash the whole image into a handful of grey levels (as
   a min-max stretch would). Nearly constant images fall back to min-max.
 - Transparent pixels (RGBA, LA, palette with transparency) are composited onto black, the colour of
-  air on a radiograph. Colour becomes gray by ITU-R 601 luma, as PIL's "L" conversion does.
+  air on a radiograph, and counted (`ImageCheck.translucent`): a semi-transparent X-ray turns
+  darker, so prediction flags it (`inference/inputs.py`). Colour becomes gray by ITU-R 601 luma,
+  as PIL's "L" conversion does.
+- PIL opens files only through `open_image`: JPEG, PNG and TIFF, never a DICOM (whose 128-byte
+  preamble may hold another format's header, such as EPS, which would run Ghostscript).
 - DICOM: Modality LUT (rescale slope/intercept or LUT), then the file's VOI: its VOI LUT if it has
   one, else its first window centre/width, mapped from the VOI's output range to 0..255; without
   a VOI, 8-bit data is kept and deeper data gets the percentile window above. MONOCHROME1 is
@@ -33,6 +37,7 @@ image, upright as the EXIF orientation says. Decisions:
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import tempfile
@@ -44,7 +49,7 @@ from typing import TypeVar
 
 import numpy as np
 import pydicom
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 from PIL.PngImagePlugin import PngImageFile
 from PIL.TiffImagePlugin import TiffImageFile
@@ -65,6 +70,8 @@ from ..progress import track
 from .formats import DICOM_SUFFIXES
 
 _PIL_FORMATS = ("JPEG", "PNG", "TIFF")  # PIL opens nothing else (no EPS, no exotic plugins)
+_COLOUR_MODES = ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr")
+PREVIEW_PX = 128  # side of the colour preview kept for the input checks (`ImageCheck.preview`)
 # What pydicom raises on a damaged file (its values are parsed lazily, so also while decoding)
 _DICOM_HEADER_ERRORS = (
     InvalidDicomError,
@@ -75,6 +82,7 @@ _DICOM_HEADER_ERRORS = (
     ValueError,
     TypeError,
 )
+CHUNK_BYTES = 1 << 20  # read at a time when a file's end is checked
 T = TypeVar("T")
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, the weights of PIL's RGB -> "L"
 
@@ -87,6 +95,18 @@ def is_dicom(path: Path | str) -> bool:
             return f.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def open_image(
+    source: Path | str | io.BytesIO,
+    formats: Sequence[str] = _PIL_FORMATS,  # PIL plugins allowed to read it (a subset)
+) -> Image.Image:
+    """The one way the package opens a raster with PIL: allow-listed formats, never a DICOM."""
+    if not set(formats) <= set(_PIL_FORMATS):
+        raise ValueError(f"formats must be among {_PIL_FORMATS}, got {formats}")
+    if not isinstance(source, io.BytesIO) and is_dicom(source):
+        raise DataError(f"{source}: a DICOM file; read it with `load_xray`, not as a raster.")
+    return Image.open(source, formats=list(formats))
 
 
 def window_to_uint8(values: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
@@ -189,10 +209,26 @@ def _read_dicom(path: Path, cap: int | None) -> np.ndarray:
 
 
 def _jpeg_complete(path: Path) -> bool:
-    """Whether an end-of-image marker follows the JPEG's last scan."""
-    data = path.read_bytes()  # 0xFFD9 cannot occur inside entropy-coded data: it is the EOI
-    last_scan = data.rfind(b"\xff\xda")
-    return last_scan != -1 and data.find(b"\xff\xd9", last_scan) != -1
+    """Whether an end-of-image marker follows the JPEG's last scan.
+
+    Read backwards a chunk at a time (memory stays at one chunk, whatever the file's length):
+    0xFFD9 cannot occur inside entropy-coded data, so the file is complete when the last EOI
+    comes after the last start-of-scan.
+    """
+    with path.open("rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        eoi = None
+        tail = b""
+        while end > 0:
+            start = max(0, end - CHUNK_BYTES)
+            f.seek(start)
+            data = f.read(end - start) + tail[:1]  # one byte of overlap: a marker across chunks
+            if eoi is None and (i := data.rfind(b"\xff\xd9")) != -1:
+                eoi = start + i
+            if (j := data.rfind(b"\xff\xda")) != -1:
+                return eoi is not None and eoi > start + j
+            tail, end = data, start
+    return False
 
 
 def _png_complete(path: Path) -> bool:
@@ -225,21 +261,49 @@ def _complete(path: Path, img: Image.Image) -> bool:
     return _tiff_complete(path, img)
 
 
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
+def translucent_share(img: Image.Image) -> float:
+    """Share of an image's pixels that are not fully opaque (0 for a mode without alpha)."""
+    if not _has_alpha(img):
+        return 0.0
+    alpha = (img.convert("RGBA") if img.mode.startswith("P") else img).getchannel("A")
+    if alpha.getextrema()[0] == 255:
+        return 0.0
+    return 1.0 - alpha.histogram()[255] / (img.width * img.height)
+
+
 def _flatten(img: Image.Image) -> Image.Image:
-    """Reduce any PIL mode to "L" (8-bit data) or "I"/"F" (deeper data, windowed later)."""
+    """Reduce any PIL mode to "L" (8-bit data) or "I"/"F" (deeper data, windowed later).
+
+    Alpha composites onto black: the luma times alpha / 255, two 8-bit planes at a time rather
+    than three RGBA copies (a 9400 px RGBA PNG stays well under a gigabyte).
+    """
     if img.mode.startswith("I;16"):
         return img.convert("I")
     if img.mode in ("L", "I", "F"):
         return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, img.convert("RGBA"))
+    if _has_alpha(img):
+        if img.mode.startswith("P"):
+            img = img.convert("RGBA")
+        return ImageChops.multiply(img.convert("L"), img.getchannel("A"))
     return img.convert("L")
 
 
+def _preview(img: Image.Image) -> Image.Image | None:
+    """A small RGB copy of a colour image, for the input checks (None for gray images)."""
+    if img.mode not in _COLOUR_MODES:
+        return None
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    return img.reduce(max(1, max(img.size) // PREVIEW_PX)).convert("RGB")
+
+
 def _read_raster(path: Path, cap: int | None, draft: int | None) -> Image.Image:
-    """Decode a JPEG, PNG or TIFF (JPEG at a reduced scale for `draft`), upright, flattened."""
-    with Image.open(path, formats=_PIL_FORMATS) as img:
+    """Decode a JPEG, PNG or TIFF (JPEG at a reduced scale for `draft`), upright."""
+    with open_image(path) as img:
         _check_pixels(path, *img.size, cap)
         if not _complete(path, img):
             raise DataError(f"{path}: image file is truncated. Re-export or remove it.")
@@ -247,7 +311,7 @@ def _read_raster(path: Path, cap: int | None, draft: int | None) -> Image.Image:
             img.draft("L", (draft, draft))
         img.load()
         ImageOps.exif_transpose(img, in_place=True)
-        return _flatten(img)
+        return img
 
 
 def _reduce(img: Image.Image, draft: int | None) -> Image.Image:
@@ -263,12 +327,30 @@ def to_gray8(img: Image.Image, draft: int | None = None) -> Image.Image:
     return img if img.mode == "L" else Image.fromarray(window_to_uint8(np.asarray(img)))
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """A file decoded: the gray image, and what flattening it to gray loses."""
+
+    image: Image.Image  # mode "L", as `load_xray` gives it
+    preview: Image.Image | None = None  # colour images: an RGB copy of at most PREVIEW_PX a side
+    translucent: float = 0.0  # share of pixels that were not fully opaque
+
+
 def load_xray(
     path: Path | str,
     draft: int | None = None,  # target short side: decode/reduce big images to no less than this
     max_pixels: int | None = None,  # refuse larger images; None: PIL's Image.MAX_IMAGE_PIXELS
 ) -> Image.Image:
     """Read a JPEG, PNG, TIFF or DICOM file as an upright mode "L" uint8 image."""
+    return decode_xray(path, draft, max_pixels).image
+
+
+def decode_xray(
+    path: Path | str,
+    draft: int | None = None,  # see `load_xray`
+    max_pixels: int | None = None,  # see `load_xray`
+) -> Decoding:
+    """`load_xray`, with the colour preview and the translucent share of the stored pixels."""
     path = Path(path)
     caps = [c for c in (max_pixels, Image.MAX_IMAGE_PIXELS) if c is not None]
     cap = min(caps) if caps else None
@@ -276,10 +358,10 @@ def load_xray(
         if path.stat().st_size == 0:
             raise DataError(f"{path}: empty file (0 bytes). Re-export or remove it.")
         if path.suffix.lower() in DICOM_SUFFIXES or is_dicom(path):
-            img = Image.fromarray(_read_dicom(path, cap))
-        else:
-            img = _read_raster(path, cap, draft)
-        return to_gray8(img, draft)
+            return Decoding(to_gray8(Image.fromarray(_read_dicom(path, cap)), draft))
+        img = _read_raster(path, cap, draft)
+        preview, translucent = _preview(img), translucent_share(img)
+        return Decoding(to_gray8(img, draft), preview, translucent)
     except FileNotFoundError as e:
         raise DataError(f"{path}: no such file. Check the path.") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -322,6 +404,8 @@ class ImageCheck:
     mode: str | None = None  # PIL mode of the stored pixels (L, RGB, I;16, ...)
     dims: tuple[int, int] | None = None  # stored width, height
     image: Image.Image | None = None  # mode "L", as `load_xray` gives it (only when decoded)
+    preview: Image.Image | None = None  # decoded colour images: a small RGB copy (`Decoding`)
+    translucent: float = 0.0  # decoded: share of pixels that were not fully opaque
     kind: str | None = None  # None: usable; else empty, unreadable (no header) or corrupt
     reason: str | None = None  # why it is not usable, without the path
 
@@ -336,7 +420,7 @@ def _header(path: Path) -> tuple[str | None, str | None, tuple[int, int] | None,
     if is_dicom(path):
         return "DICOM", None, None, None
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             return img.format, img.mode, img.size, None
     except Exception as e:  # PIL raises many types for a broken header
         return None, None, None, f"{type(e).__name__}: {e}".replace(f" {str(path)!r}", "")
@@ -362,12 +446,12 @@ def check_image(
         kind = None if problem is None else "unreadable"
         return ImageCheck(path, size or 0, fmt, mode, dims, kind=kind, reason=problem)
     try:
-        img = load_xray(path, draft=draft)
+        got = decode_xray(path, draft=draft)
     except DataError as e:
         kind = "corrupt" if problem is None else "unreadable"
         reason = str(e).removeprefix(f"{path}: ")
         return ImageCheck(path, size or 0, fmt, mode, dims, kind=kind, reason=reason)
-    return ImageCheck(path, size or 0, fmt, mode, dims, image=img)
+    return ImageCheck(path, size or 0, fmt, mode, dims, got.image, got.preview, got.translucent)
 
 
 def check_images(

@@ -31,7 +31,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..data.images import load_xray
+from ..data.images import load_xray, open_image
 from ..data.layout import list_split, present_splits, resolve_root
 from ..errors import DataError
 from ..fileio import atomic_path, worker_count, write_text_atomic
@@ -194,7 +194,7 @@ def _prepare_one(task: Task) -> dict[str, Any]:
     source = Path(src)
     try:
         data = source.read_bytes()
-        with Image.open(source) as header:
+        with open_image(source) as header:
             source_dims = header.size
         img = load_xray(source, draft=size)
     except DataError as e:

@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..data.formats import PREDICT_SUFFIXES
-from ..data.images import check_image, is_dicom, to_gray8
+from ..data.images import check_image, is_dicom, to_gray8, translucent_share
 from ..errors import DataError
 from ..fileio import worker_count
 from .ood_scores import input_problem
@@ -36,28 +36,38 @@ class Decoded:
     problem: str | None = None  # why it is unlike a chest radiograph (`ood_scores.input_problem`)
 
 
-def _raw_problem(item: Item, gray: Image.Image) -> str | None:
-    """The input checks on an item's own pixels (lazily opened for a raster file)."""
-    if isinstance(item, Image.Image):
-        return input_problem(gray, item)
-    try:
-        with Image.open(item) as raw:
-            return input_problem(gray, raw)
-    except Exception:  # DICOM (PIL cannot open it), or a raster PIL only decodes via load_xray
-        return input_problem(gray)
+def translucency_problem(share: float) -> str | None:
+    """Why an image with transparent pixels is not read as it looks, or None (fully opaque)."""
+    if share <= 0:
+        return None
+    return (
+        f"{share:.0%} of its pixels are transparent (alpha < 255), composited onto black: the "
+        "model sees a darker image than its colours show; save it without transparency"
+    )
 
 
 def read_item(item: Item, size: int, checks: bool = False) -> Decoded | str:
-    """`item` decoded for a model of input `size` (and checked, with `checks`), or why it cannot."""
+    """`item` decoded for a model of input `size` (and checked, with `checks`), or why it cannot.
+
+    Every file is decoded once: the checks use the decode's own colour preview, stored size
+    and transparency, not a second read of the file.
+    """
     try:
         if isinstance(item, Image.Image):
             gray = to_gray8(item, size)
-        else:
-            check = check_image(item, decode=True, draft=size)
-            if check.image is None:
-                return check.reason or "unreadable"
-            gray = check.image
-        return Decoded(gray, _raw_problem(item, gray) if checks else None)
+            if not checks:
+                return Decoded(gray)
+            alpha = translucency_problem(translucent_share(item))
+            return Decoded(gray, alpha or input_problem(gray, item))
+        check = check_image(item, decode=True, draft=size)
+        if check.image is None:
+            return check.reason or "unreadable"
+        if not checks:
+            return Decoded(check.image)
+        problem = translucency_problem(check.translucent) or input_problem(
+            check.image, check.preview, check.dims
+        )
+        return Decoded(check.image, problem)
     except Exception as e:  # one odd file must not end a run over thousands
         return f"unexpected {type(e).__name__} while reading the image: {e}"
 

@@ -38,14 +38,18 @@ CONSTANT_STD = 4.0  # gray standard deviation (0..255) below which an image is b
 THUMB = 96  # side of the thumbnail the input checks look at
 
 
-def input_problem(gray: Image.Image, raw: Image.Image | None = None) -> str | None:
+def input_problem(
+    gray: Image.Image,
+    raw: Image.Image | None = None,
+    size: tuple[int, int] | None = None,  # the stored width, height, when `raw` is reduced
+) -> str | None:
     """Why an image is unlike a chest radiograph, or None.
 
     `gray` is the decoded mode "L" image the model gets; `raw`, where there is one, the image as
-    its file holds it (opened lazily: only its header size and a reduced decode are used), for
-    its true size and its colours.
+    its file holds it (opened lazily: only its header size and a reduced decode are used), or a
+    reduced copy of it (then `size` is the stored size), for its true size and its colours.
     """
-    w, h = (raw or gray).size
+    w, h = size or (raw or gray).size
     if min(w, h) < MIN_SIDE:
         return f"image is {w}x{h} pixels: too small for a chest radiograph"
     if not ASPECT[0] <= w / h <= ASPECT[1]:
