@@ -19,10 +19,9 @@ import os
 import re
 import shutil
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
@@ -41,6 +40,7 @@ from ..config import CLASSES, URL_ENV
 from ..data.layout import KAGGLE_FOLDER, SPLITS, list_split, present_splits
 from ..errors import DataError
 from ..fileio import sha256_file, write_text_atomic
+from ..zipfiles import DATASET, extract_zip, is_junk
 
 Source = Literal["mendeley", "kaggle"]
 
@@ -84,7 +84,6 @@ Image-Based Deep Learning. Cell. 2018;172(5):1122-1131.e9. doi:10.1016/j.cell.20
 CHUNK = 1 << 20
 USER_AGENT = "pneumo-fastai data download"  # some hosts refuse urllib's default agent
 TIMEOUT_S = 60.0
-_JUNK_NAMES = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"})
 
 
 @dataclass(frozen=True)
@@ -102,11 +101,6 @@ class DownloadResult:
 
 class _Interrupted(Exception):
     """The connection ended before the whole body arrived."""
-
-
-def is_junk(parts: tuple[str, ...]) -> bool:
-    """Whether an archive path is macOS/Windows clutter (`__MACOSX/`, `.DS_Store`, `._*`)."""
-    return any(p in _JUNK_NAMES or p.startswith("._") for p in parts)
 
 
 def download_dataset(
@@ -151,7 +145,12 @@ def download_dataset(
         os.replace(part, archive)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".extract-") as tmp:
         tree = Path(tmp) / "tree"
-        extract_zip(archive, tree, progress)
+        with _bar(progress) as bar:
+            task = bar.add_task("Extracting", total=None)
+            extract_zip(
+                archive, tree, DATASET,
+                progress=lambda n, total: bar.update(task, advance=n, total=total),
+            )  # fmt: skip
         result = _install(tree, final, "mendeley", url, expected_sha, move=True)
     archive.unlink()
     return dataclasses.replace(result, resumed_from=resumed_from)
@@ -284,38 +283,6 @@ def _sha256(path: Path, progress: bool) -> str:
     with _bar(progress) as bar:
         task = bar.add_task(f"Verifying {path.name}", total=path.stat().st_size)
         return sha256_file(path, progress=lambda n: bar.update(task, advance=n))
-
-
-def extract_zip(archive: Path, out: Path, progress: bool = True) -> None:
-    """Extract `archive` into `out`, dropping macOS junk and refusing paths that escape `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    base = out.resolve()
-    try:
-        with zipfile.ZipFile(archive) as zf, _bar(progress) as bar:
-            members = zf.infolist()
-            task = bar.add_task("Extracting", total=sum(m.file_size for m in members))
-            for member in members:
-                name = member.filename.replace("\\", "/")
-                rel = PurePosixPath(name)
-                if rel.is_absolute() or ".." in rel.parts or ":" in (rel.parts or ("",))[0]:
-                    raise DataError(
-                        f"{archive}: entry {member.filename!r} points outside the extraction "
-                        "folder; the archive is corrupt or malicious. Delete it and download again."
-                    )
-                if is_junk(rel.parts) or not rel.parts:
-                    continue
-                target = base.joinpath(*rel.parts)
-                if member.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-                bar.update(task, advance=member.file_size)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile) as e:
-        raise DataError(
-            f"{archive} is not a readable zip ({e}). Delete it and download again."
-        ) from e
 
 
 def find_layout_root(tree: Path) -> Path:

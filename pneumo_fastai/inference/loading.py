@@ -6,7 +6,9 @@ weights-only NAME.safetensors (NAME.pth, with `torch.load(weights_only=True)`, i
 fastai's `load_learner`. Both check the file's sha256 against the card first, and both give the
 same probabilities. An ensemble's card loads every member the same way (`EnsembleModule`).
 Inference runs under `torch.inference_mode` with the device rule of `device.py`
-(`precision="fp32"` for parity checks).
+(`precision="fp32"` for parity checks). A prediction sets the Learner's loaders and callbacks
+for its pass, so every use of the one Learner holds `ExportedModel.lock`: threads (`serve` at
+any `--concurrency`) take turns on the network.
 
     from pneumo_fastai.inference.loading import load_export
     exported = load_export("exports/pneumo_resnet34.json")
@@ -16,9 +18,10 @@ Inference runs under `torch.inference_mode` with the device rule of `device.py`
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +96,9 @@ class ExportedModel:
     device: torch.device  # where inference runs
     plan: ComputePlan  # precision and memory format of inference
     pickled_dls: DataLoaders | None  # the pickle's own (empty) loaders; None on the safe path
+    # held while the Learner is set up for and runs one pass (reentrant: callers may hold it
+    # around several passes, or a pass and the hooks that watch it)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def from_pickle(self) -> bool:
@@ -129,7 +135,10 @@ class ExportedModel:
         return dls.valid
 
     def learner_for(self, dl: TfmdDL) -> Learner:
-        """The Learner with `dl` as its loaders (for `tta` and `ClassificationInterpretation`)."""
+        """The Learner with `dl` as its loaders (for `tta` and `ClassificationInterpretation`).
+
+        It changes the shared Learner: hold `lock` while using what it returns, in threads.
+        """
         self.learner.dls = DataLoaders(dl, dl, device=self.device)
         return self.learner
 
@@ -140,6 +149,12 @@ class ExportedModel:
         features: bool = False,  # also the pooled features, one array per network
     ) -> tuple[np.ndarray, list[np.ndarray] | None]:
         """Class probabilities (n, n_classes), calibrated, for every item of `dl`, in order."""
+        with self.lock:
+            return self._outputs(dl, tta, features)
+
+    def _outputs(
+        self, dl: TfmdDL, tta: bool, features: bool
+    ) -> tuple[np.ndarray, list[np.ndarray] | None]:
         learn = self.learner_for(dl)
         fp32 = self.plan.precision == "fp32"
         cbs = [] if fp32 else [AutocastPredictions(self.device, self.plan.precision)]

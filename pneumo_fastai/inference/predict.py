@@ -42,7 +42,7 @@ class XrayClassifier(Classifier):
         self, images: list[Image.Image], bs: int, tta: bool, features: bool
     ) -> tuple[np.ndarray, list[np.ndarray] | None]:
         dl = self.exported.dataloader(images, bs=bs, num_workers=0)
-        with self.exported.learner.no_bar():
+        with self.exported.lock, self.exported.learner.no_bar():  # no_bar changes the Learner
             return self.exported.outputs(dl, tta=tta, features=features)
 
 

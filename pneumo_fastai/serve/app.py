@@ -14,12 +14,19 @@ Grad-CAM (`evaluation.gradcam`) and its result rows (`inference.results`). Tabs:
 - batch: several files or a zip; a table with the columns of `predict --out` and a CSV;
 - the model card's essentials.
 The `predict` API endpoint takes one file and returns the JSON of `api_result`. A bad upload is
-an error message (and `error` in the API), never a crash; the next request works. Nothing is left
-behind per request but Gradio's own cache of uploads and results, emptied of day-old files.
+an error message (and `error` in the API), never a crash; the next request works. Each upload
+(X-rays, DICOMs with their patient data, zips) is deleted from Gradio's cache as soon as its
+answer is computed, and a zip is extracted within `zipfiles.UPLOAD`'s caps into a folder removed
+with the request. What Gradio keeps is the answers it sends (the batch CSV, the pictures shown),
+deleted an hour after they were made (`CACHE_CLEANUP`). The page shows no server path: the card
+is shown with every path reduced to its last part (`public_card`). Requests share one network:
+`ExportedModel.lock` makes them take turns on it, whatever `--concurrency` allows.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -34,13 +41,13 @@ from PIL import Image
 
 from ..card import Card, EnsembleCard
 from ..data.formats import PREDICT_SUFFIXES
-from ..datatools.download import extract_zip
 from ..errors import PneumoError
 from ..evaluation.gradcam import ForwardCapture, overlay
 from ..fileio import sha256_file
 from ..inference.inputs import expand_inputs
 from ..inference.predict import XrayClassifier
 from ..inference.results import Prediction, output_columns, write_predictions
+from ..zipfiles import UPLOAD, extract_zip
 
 BANNER = (
     "**Research software, not a medical device.** The answer below is a model's guess on one "
@@ -53,7 +60,8 @@ THEME = gr.themes.Default(  # system fonts: the page loads nothing from the inte
 )
 DISPLAY_PX = 448  # the model's input (often 128-224 px) is shown enlarged to at least this side
 PANEL_PX = DISPLAY_PX + 60  # an image panel's height: the picture and, above it, its label
-CACHE_CLEANUP = (3600, 86400)  # Gradio's cache: every hour, files older than a day are deleted
+CACHE_CLEANUP = (900, 3600)  # Gradio's cache: every 15 minutes, files older than an hour go
+PATH_KEYS = frozenset({"root", "data", "exports", "weights", "exclude", "folder", "source"})
 Rows = list[list[Any]]
 OneImage = tuple[str, dict[str, float] | None, Image.Image | None, Image.Image | None]
 
@@ -70,6 +78,43 @@ def api_result(pred: Prediction) -> dict[str, Any]:
         "ood_reason": pred.ood_reason,
         "error": pred.error,
     }
+
+
+def _public(value: Any, key: str = "") -> Any:
+    """`value` with every path-like string reduced to its last part (no server paths)."""
+    if isinstance(value, dict):
+        return {k: _public(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_public(v, key) for v in value]
+    if isinstance(value, str) and (key in PATH_KEYS or value.startswith(("/", "~", "\\"))):
+        return Path(value).name or value
+    return value
+
+
+def public_card(card: Any) -> dict[str, Any]:
+    """The card's JSON as the page shows it: paths on the server reduced to their last part."""
+    return _public(card.model_dump(mode="json"))
+
+
+def forget(*paths: str | Path | None) -> None:
+    """Delete uploaded files (and the folder Gradio made for each, once empty)."""
+    for p in paths:
+        if p is None:
+            continue
+        path = Path(p)
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            path.parent.rmdir()
+
+
+def _scrubbed(pred: Prediction, path: str) -> Prediction:
+    """`pred` with the upload's server path left out of its file and error."""
+    name = Path(path).name
+    error = pred.error
+    if error is not None:
+        error = error.replace(path, name).replace(str(Path(path).parent), "")
+    file = None if pred.file is None else Path(pred.file).name
+    return replace(pred, file=file, error=error)
 
 
 def card_markdown(classifier: XrayClassifier, card_path: Path) -> str:
@@ -95,7 +140,7 @@ def card_markdown(classifier: XrayClassifier, card_path: Path) -> str:
             f"input {card.input.size} px, created {card.created}",
             f"**Intended use** {use.purpose} **Not for** {'; '.join(use.out_of_scope)}.",
             f"**Population** {use.population}",
-            f"**Training data** `{card.data.root}`; validation images: "
+            f"**Training data** `{Path(card.data.root).name}`; validation images: "
             + ", ".join(f"{k} {n}" for k, n in counts.items()),
             f"**Validation** at the decision threshold: {fig}",
             f"**Decision threshold** {card.decision_threshold.value:.4g}: "
@@ -168,12 +213,15 @@ def predict_one(classifier: XrayClassifier, path: str | None) -> OneImage:
     """
     if path is None:
         return "Upload an X-ray (JPEG, PNG, TIFF or DICOM).", None, None, None
-    with ForwardCapture(classifier.exported.learner.model) as seen:
-        pred = classifier.predict(path)
+    try:  # the hooks must see this request's pass alone: hold the model's lock around both
+        with classifier.exported.lock, ForwardCapture(classifier.exported.learner.model) as seen:
+            pred = _scrubbed(classifier.predict(path), path)
+            gray, cam = seen.explain() if pred.ok else (None, None)
+    finally:
+        forget(path)
     if not pred.ok:
         gr.Warning(f"Could not read this file: {pred.error}")
         return decision_markdown(pred), None, None, None
-    gray, cam = seen.explain()
     negative, positive = classifier.classes
     probs = pred.class_probabilities or {positive: pred.probability, negative: 1 - pred.probability}
     picture = Image.fromarray((gray[0] * 255).round().astype(np.uint8))
@@ -189,7 +237,10 @@ def api_predict(classifier: XrayClassifier, path: str | None) -> dict[str, Any]:
     """The `predict` endpoint: one file in, `api_result` out, an error for a bad file."""
     if path is None:
         return api_result(Prediction(None, None, None, None, classifier.threshold, "no file sent"))
-    return api_result(classifier.predict(path))
+    try:
+        return api_result(_scrubbed(classifier.predict(path), path))
+    finally:
+        forget(path)
 
 
 def _batch_inputs(paths: Sequence[str], work: Path) -> list[Path]:
@@ -198,7 +249,7 @@ def _batch_inputs(paths: Sequence[str], work: Path) -> list[Path]:
     for i, p in enumerate(paths):
         if zipfile.is_zipfile(p):
             target = work / f"zip{i}"
-            extract_zip(Path(p), target, progress=False)
+            extract_zip(Path(p), target, UPLOAD, name=Path(p).name)
             files += expand_inputs([target])
         else:
             files.append(Path(p))
@@ -217,18 +268,22 @@ def predict_batch(
     if not paths:
         yield [], None
         return
-    with tempfile.TemporaryDirectory(prefix="pneumo-serve-") as tmp:
-        try:
-            files = _batch_inputs(paths, Path(tmp))
-        except PneumoError as e:
-            gr.Warning(str(e))
-            yield [], None
-            return
-        preds = [replace(p, file=Path(p.file).name) for p in classifier.predict_batch(files)]
-        out = Path(tmp) / "predictions.csv"
-        write_predictions(preds, out)
-        columns = output_columns(classifier.card.classes)
-        yield [[p.row()[c] for c in columns] for p in preds], str(out)
+    try:
+        with tempfile.TemporaryDirectory(prefix="pneumo-serve-") as tmp:
+            try:
+                files = _batch_inputs(paths, Path(tmp))
+            except PneumoError as e:
+                gr.Warning(str(e).replace(tmp, ""))
+                yield [], None
+                return
+            preds = [_scrubbed(p, str(p.file)) for p in classifier.predict_batch(files)]
+            forget(*paths)  # answered: the uploads go now (and in `finally` if this fails)
+            out = Path(tmp) / "predictions.csv"
+            write_predictions(preds, out)
+            columns = output_columns(classifier.card.classes)
+            yield [[p.row()[c] for c in columns] for p in preds], str(out)
+    finally:
+        forget(*paths)
 
 
 def build_app(classifier: XrayClassifier, card_path: Path | str) -> gr.Blocks:
@@ -273,7 +328,8 @@ def build_app(classifier: XrayClassifier, card_path: Path | str) -> gr.Blocks:
             )
         with gr.Tab("Model card"):
             gr.Markdown(card_markdown(classifier, card_path))
-            gr.Code(classifier.exported.card.to_json(), language="json", label=card_path.name)
+            card_json = json.dumps(public_card(classifier.exported.card), indent=2)
+            gr.Code(card_json, language="json", label=card_path.name)
         api_file = gr.File(visible=False, type="filepath")
         api_out = gr.JSON(visible=False)
         api_go = gr.Button(visible=False)

@@ -24,9 +24,9 @@ from pneumo_fastai.datatools.download import (
     MARKER,
     URL_ENV,
     download_dataset,
-    extract_zip,
 )
 from pneumo_fastai.errors import DataError
+from pneumo_fastai.zipfiles import DATASET, extract_zip
 
 IMAGES = {
     "chest_xray/train/NORMAL/IM-0001-0001.jpeg": 1,
@@ -221,7 +221,7 @@ def test_zip_slip_entries_are_refused(tmp_path):
     archive = tmp_path / "evil.zip"
     archive.write_bytes(_zip({"chest_xray/train/NORMAL/a.jpeg": b"x", "../../evil.txt": b"x"}))
     with pytest.raises(DataError, match="outside the extraction folder"):
-        extract_zip(archive, tmp_path / "out", progress=False)
+        extract_zip(archive, tmp_path / "out", DATASET)
     assert not (tmp_path.parent / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
 
 

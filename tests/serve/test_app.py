@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import inspect
 import io
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -39,6 +40,12 @@ def xray(tmp_path: Path) -> Path:
     return write_image(tmp_path / "upload.png", seed=77, size=(90, 80))
 
 
+def _sent(path: Path) -> str:
+    """A copy of `path` in a folder of its own, as Gradio keeps an upload (the app deletes it)."""
+    folder = Path(tempfile.mkdtemp(dir=path.parent, prefix="upload-"))
+    return shutil.copy(path, folder / path.name)
+
+
 def _shown_overlay(classifier: XrayClassifier, path: Path, target) -> np.ndarray:
     """The enlarged overlay the app would show if Grad-CAM explained `target` (own pass)."""
     image = read_item(path, classifier.size).image
@@ -48,7 +55,7 @@ def _shown_overlay(classifier: XrayClassifier, path: Path, target) -> np.ndarray
 
 
 def test_the_gradcam_panel_explains_pneumonia_not_bacteria_on_a_three_class_model(classifier, xray):
-    *_, heat = app.predict_one(classifier, str(xray))
+    *_, heat = app.predict_one(classifier, _sent(xray))
     shown = np.asarray(heat, dtype=float)
     pneumonia = _shown_overlay(classifier, xray, target=(1, 2))  # BACTERIA and VIRUS as one
     bacteria = _shown_overlay(classifier, xray, target=1)
@@ -66,13 +73,20 @@ def test_one_upload_is_decoded_once_and_run_through_the_network_once(classifier,
         decodes.append(args[0])
         return original(*args, **kwargs)
 
+    original_decode = images.decode_xray
+
+    def counted_decode(*args, **kwargs):
+        decodes.append(args[0])
+        return original_decode(*args, **kwargs)
+
+    monkeypatch.setattr(images, "decode_xray", counted_decode)
     monkeypatch.setattr(images, "load_xray", counted)
     monkeypatch.setattr(block, "load_xray", counted)
     forwards = []
     body = classifier.exported.learner.model[0]
     hook = body.register_forward_hook(lambda *_: forwards.append(1))
     try:
-        decision, probs, seen, heat = app.predict_one(classifier, str(xray))
+        decision, probs, seen, heat = app.predict_one(classifier, _sent(xray))
     finally:
         hook.remove()
     assert len(decodes) == 1 and len(forwards) == 1
@@ -84,7 +98,7 @@ def test_one_upload_is_decoded_once_and_run_through_the_network_once(classifier,
 
 
 def test_the_pictures_are_shown_at_a_readable_size(classifier, xray):
-    _, _, seen, heat = app.predict_one(classifier, str(xray))
+    _, _, seen, heat = app.predict_one(classifier, _sent(xray))
     assert classifier.size < app.DISPLAY_PX
     assert seen.size == heat.size == (app.DISPLAY_PX, app.DISPLAY_PX)
 
@@ -132,7 +146,7 @@ def test_batch_requests_leave_nothing_behind_and_the_csv_is_complete(
             zf.write(f, f"inner/{f.name}")
     for _ in range(3):
         rows, text = _like_gradio(
-            app.predict_batch(classifier, [str(f) for f in [*files, archive]])
+            app.predict_batch(classifier, [_sent(f) for f in [*files, archive]])
         )
         assert len(rows) == 5
         table = list(csv.DictReader(io.StringIO(text)))
