@@ -25,7 +25,9 @@ module itself, `calibration` (temperature scaling), `ood`, `input.preprocessing`
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -36,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .config import TrainConfig
 from .errors import ModelFileError
-from .fileio import sha256_file
+from .fileio import fsync_dir, fsync_file, sha256_file, write_text_atomic
 
 CARD_SCHEMA_VERSION = 2
 SHA256 = r"^[0-9a-f]{64}$"
@@ -595,3 +597,53 @@ def verify_file(card: CardBase, card_path: Path | str, kind: str) -> Path:
             "Refusing to load it."
         )
     return path
+
+
+def _kept_old_card(card_path: Path, replaced: set[Path]) -> list[Path]:
+    """Keep the current card valid while its files are replaced: hard links to the files it
+    lists that are about to be replaced, under hidden names, and the card repointed at them."""
+    try:
+        old = read_card(card_path)
+    except ModelFileError:
+        return []  # no card, or none worth keeping: nothing refers to the files
+    fields = old.model_dump(mode="json")
+    kept = []
+    for kind, entry in old.files.items():
+        path = card_path.parent / entry.name
+        if path.resolve() not in replaced or not path.is_file():
+            continue
+        backup = path.with_name(f".{path.name}.prev")
+        backup.unlink(missing_ok=True)
+        try:
+            os.link(path, backup)
+        except OSError:  # no hard links here
+            shutil.copy2(path, backup)
+        fsync_file(backup)
+        kept.append(backup)
+        fields["files"][kind]["name"] = (Path(entry.name).parent / backup.name).as_posix()
+    if kept:
+        fsync_dir(card_path.parent)
+        write_text_atomic(card_path, json.dumps(fields, indent=2, allow_nan=False) + "\n")
+        fsync_dir(card_path.parent)
+    return kept
+
+
+def switch_export(card_path: Path, staged: dict[Path, Path], card: CardBase) -> None:
+    """Put `staged` files (temp -> final) in place and then `card` at `card_path`, the card last.
+
+    The new files are flushed to disk first; while they replace the old ones, the old card
+    points at hard links of its own files, so a kill at any moment leaves one card whose files
+    match it (the old export or the new), never new weights under the old card.
+    """
+    card_path = Path(card_path)
+    folder = card_path.parent
+    for tmp in staged:
+        fsync_file(tmp)
+    kept = _kept_old_card(card_path, {Path(final).resolve() for final in staged.values()})
+    for tmp, final in staged.items():
+        os.replace(tmp, final)
+    fsync_dir(folder)
+    write_text_atomic(card_path, card.to_json(), sync=True)
+    fsync_dir(folder)
+    for backup in kept:
+        backup.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""File rules every stage shares: atomic writes, staged multi-file writes, sha256, worker counts.
+"""File rules every stage shares: atomic writes, staged multi-file writes, sha256, worker counts,
+and the names files may be given.
 
     from pneumo_fastai.fileio import atomic_path, sha256_file, write_text_atomic
     write_text_atomic(Path("reports/x/metrics.json"), text)   # temp file, then rename
@@ -13,19 +14,79 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import PneumoError
+
 CHUNK = 1 << 20  # bytes read at a time when hashing
 MAX_WORKERS = 8  # decoding and loading stop scaling well before this on the machines we measured
+NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # an export's base name
+
+
+def check_name(name: str, option: str = "--name") -> str:
+    """`name` if it can be an export's base name (NAME.json, NAME.pkl, ...), else PneumoError.
+
+    Letters, digits, `.`, `_` and `-`, starting with a letter or digit, at most 100: no folder
+    separators, no `..`, nothing a shell or another file system would read differently.
+    """
+    if not isinstance(name, str) or not NAME_RULE.fullmatch(name) or name.endswith("."):
+        raise PneumoError(
+            f"{option} {name!r} cannot name an export's files: use letters, digits, '.', '_' and "
+            "'-' (at most 100, starting with a letter or digit), e.g. pneumo_resnet34. Choose "
+            "the folder with --exports."
+        )
+    return name
 
 
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to the disk (a rename alone may reach it first)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (the renames into it) to the disk, where the OS allows."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def temps_beside(finals: Sequence[Path]) -> Iterator[list[Path]]:
+    """A hidden temp path beside each of `finals`; any still there at the end are removed.
+
+    The caller renames them (see `card.switch_export`); nothing is renamed here.
+    """
+    mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; give them the usual permissions
+    temps = []
+    try:
+        for final in map(Path, finals):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+            os.close(fd)
+            os.chmod(tmp, mode)
+            temps.append(Path(tmp))
+        yield temps
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -57,10 +118,13 @@ def atomic_path(final: Path) -> Iterator[Path]:
         yield tmp
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` through a temp file and a rename; returns `path`."""
+def write_text_atomic(path: Path, text: str, sync: bool = False) -> Path:
+    """Write `text` to `path` through a temp file and a rename (`sync`: flushed to disk before
+    the rename); returns `path`."""
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(text)
+        if sync:
+            fsync_file(tmp)
     return Path(path)
 
 

@@ -13,6 +13,7 @@ import typer
 
 from ..config import TrainConfig
 from ..errors import Aborted, PneumoError
+from ..fileio import check_name
 from .options import config_parameters, with_parameters
 
 INTERRUPTED_EXIT = 130  # the shell's code for a run ended by Ctrl-C (SIGINT)
@@ -66,6 +67,7 @@ def _train(**options: Any) -> None:
         config = TrainConfig(**options)
     except ValueError as e:
         raise PneumoError(f"Invalid option: {e}.") from e
+    check_name(config.name)  # before hours of training, not at the export
     if config.weights is not None and not config.pretrained:
         raise PneumoError(
             "--weights gives ImageNet weights; it cannot be combined with --no-pretrained."

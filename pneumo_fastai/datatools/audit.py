@@ -27,7 +27,7 @@ import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 from cleanlab.filter import find_label_issues
@@ -93,6 +93,12 @@ def _label_order(label: str) -> tuple[bool, str]:
     return label != CLASSES[0], label  # NORMAL first
 
 
+def _inside_dataset(name: str) -> bool:
+    """Whether a valid.csv file name is relative and cannot climb out of the dataset folder."""
+    path = PurePath(name.replace("\\", "/"))
+    return bool(name) and not path.is_absolute() and not path.drive and ".." not in path.parts
+
+
 def read_out_of_fold(ensemble: Path | str, data: Path | str | None = None) -> OutOfFold:
     """The pooled out-of-fold predictions of a folds ensemble's card, its valid file checked."""
     card_path = card_path_of(ensemble)
@@ -110,6 +116,13 @@ def read_out_of_fold(ensemble: Path | str, data: Path | str | None = None) -> Ou
             f"predictions of every training image. {fix}"
         )
     valid = read_valid(card, card_path)
+    outside = [f for f in valid.files if not _inside_dataset(f)]
+    if outside:
+        raise ModelFileError(
+            f"{card_path.stem}.valid.csv lists {outside[0]!r}, which is not a path inside the "
+            f"dataset folder (absolute, or with '..'; {len(outside)} such rows). The audit shows "
+            "only the dataset's own images: re-export the ensemble."
+        )
     root = Path(card.data.root if data is None else data)
     return OutOfFold(
         card.name, card.data.k, card.task, root, valid.files, valid.labels, valid.probability

@@ -11,7 +11,6 @@ linked from plots/) and `report.html` (self-contained: plots inlined as base64 P
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 import os
@@ -24,6 +23,7 @@ from ..card import library_versions, timestamp
 from ..config import CLASSES
 from ..figures.metrics import HEADLINE_METRICS
 from ..fileio import staged_files
+from ..inference.results import write_predictions
 from .evaluate import (
     ARGMAX_THRESHOLD,
     MODE_NAMES,
@@ -178,34 +178,24 @@ def metrics_dict(ev: Evaluation) -> dict[str, Any]:
     }
 
 
-def write_predictions(ev: Evaluation, path: Path) -> None:
+def prediction_rows(ev: Evaluation) -> list[dict[str, Any]]:
     """One row per evaluated image: label, probability, both predictions, patient."""
     run = ev.run
     ts, y = run.test_set, run.y
     plain, tta = run.probabilities["plain"], run.probabilities.get("tta")
-    header = [
-        "file",
-        "label",
-        "probability",
-        "prediction_at_threshold",
-        "prediction_at_argmax",
-        "patient",
-        "ood",
-    ]
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header + (["probability_tta"] if tta is not None else []))
-        for i, (file, patient) in enumerate(zip(ts.files, ts.patients(), strict=True)):
-            row = [
-                ts.relative(file),
-                CLASSES[y[i]],
-                f"{plain[i]:.6f}",
-                CLASSES[int(plain[i] >= run.decision.threshold)],
-                CLASSES[int(plain[i] >= ARGMAX_THRESHOLD)],
-                patient,
-                "" if run.ood is None else str(bool(run.ood[i])).lower(),
-            ]
-            writer.writerow(row + ([f"{tta[i]:.6f}"] if tta is not None else []))
+    rows = []
+    for i, (file, patient) in enumerate(zip(ts.files, ts.patients(), strict=True)):
+        row = {
+            "file": ts.relative(file),
+            "label": CLASSES[y[i]],
+            "probability": f"{plain[i]:.6f}",
+            "prediction_at_threshold": CLASSES[int(plain[i] >= run.decision.threshold)],
+            "prediction_at_argmax": CLASSES[int(plain[i] >= ARGMAX_THRESHOLD)],
+            "patient": patient,
+            "ood": None if run.ood is None else bool(run.ood[i]),
+        }
+        rows.append(row | ({"probability_tta": f"{tta[i]:.6f}"} if tta is not None else {}))
+    return rows
 
 
 def headline_rows(
@@ -491,7 +481,7 @@ def write_report(ev: Evaluation, plots: dict[str, Path], out_dir: Path) -> Repor
     with staged_files(out_dir, finals) as (metrics, predictions, markdown, page):
         text = json.dumps(metrics_dict(ev), indent=2, allow_nan=False)
         metrics.write_text(text + "\n")
-        write_predictions(ev, predictions)
+        write_predictions(prediction_rows(ev), predictions, fmt="csv")
         markdown.write_text(render_markdown(title, sections, out_dir))
         page.write_text(render_html(title, sections))
     return files

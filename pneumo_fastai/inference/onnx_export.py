@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..card import EnsembleCard, FileEntry, OnnxEntry, OnnxInput, card_path_of
+from ..card import EnsembleCard, FileEntry, OnnxEntry, OnnxInput, card_path_of, switch_export
 from ..data.preprocess import prep_of
 from ..errors import ModelFileError, PneumoError
-from ..fileio import atomic_path, sha256_file, write_text_atomic
+from ..fileio import sha256_file, temps_beside
 from ..model import EnsembleModule
 from .loading import load_export
 
@@ -118,7 +118,7 @@ def export_onnx(
     with torch.inference_mode():
         expected = graph(sample)
     expected = (expected[0] if graph.features else expected).numpy()
-    with atomic_path(out) as tmp:
+    with temps_beside([out]) as (tmp,):
         exporter = _export(graph, sample, tmp, opset)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = session.run(None, {"image": sample.numpy()})[0]
@@ -128,28 +128,28 @@ def export_onnx(
                 f"The ONNX graph disagrees with torch by {diff:.2e} (> {PARITY_ATOL}); not written."
             )
         digest = sha256_file(tmp)
-    entry = OnnxEntry(
-        file=out.name,
-        opset=opset,
-        exporter=exporter,
-        parity_max_abs_diff=diff,
-        input=OnnxInput(
-            name="image",
-            shape=["batch", 1, size, size],
-            dtype="uint8",
-            range=[0, 255],
-            size=size,
-            resize="squash (bilinear) to size x size",
-            preprocessing=prep_of(card.input),
-            channels="gray; copied to 3 channels and ImageNet-normalised inside the graph",
-        ),
-        outputs={
-            "probabilities": f"(batch, {len(card.classes)}) calibrated, classes {card.classes}",
-            **({"features": "(batch, networks, 512) pooled layer4"} if graph.features else {}),
-        },
-        networks=len(card.members) if isinstance(card, EnsembleCard) else 1,
-    )
-    card.files["onnx"] = FileEntry(name=out.name, sha256=digest)
-    card.onnx = entry
-    write_text_atomic(card_path, card.to_json())
+        entry = OnnxEntry(
+            file=out.name,
+            opset=opset,
+            exporter=exporter,
+            parity_max_abs_diff=diff,
+            input=OnnxInput(
+                name="image",
+                shape=["batch", 1, size, size],
+                dtype="uint8",
+                range=[0, 255],
+                size=size,
+                resize="squash (bilinear) to size x size",
+                preprocessing=prep_of(card.input),
+                channels="gray; copied to 3 channels and ImageNet-normalised inside the graph",
+            ),
+            outputs={
+                "probabilities": f"(batch, {len(card.classes)}) calibrated, classes {card.classes}",
+                **({"features": "(batch, networks, 512) pooled layer4"} if graph.features else {}),
+            },
+            networks=len(card.members) if isinstance(card, EnsembleCard) else 1,
+        )
+        card.files["onnx"] = FileEntry(name=out.name, sha256=digest)
+        card.onnx = entry
+        switch_export(card_path, {tmp: out}, card)  # the graph first, the card last
     return entry

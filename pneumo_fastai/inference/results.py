@@ -1,5 +1,10 @@
 """The answer for one image, and prediction files (CSV or JSON lines) written atomically.
 
+`write_predictions` is the one writer of prediction tables (`predict --out`, `serve`'s batch CSV,
+`evaluate`'s predictions.csv). Its text is always valid UTF-8: a file name that is not (bytes
+the file system allows) is written with its odd bytes as `\\xNN`. A CSV cell that starts with
+`= + - @`, a tab or a carriage return gets a leading `'`, as OWASP's CSV-injection guidance
+says, so that a spreadsheet shows a file named `=HYPERLINK(...)` instead of running it.
 Nothing here imports torch: every engine (fastai/torch, onnxruntime) returns `Prediction`s.
 """
 
@@ -7,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +32,7 @@ OUTPUT_COLUMNS = (
     "error",
 )
 OUTPUT_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may read as a formula
 
 
 def output_columns(classes: Sequence[str]) -> tuple[str, ...]:
@@ -78,21 +85,47 @@ def check_output_path(path: Path) -> None:
         raise DataError(f"{path} is a folder; pass a file name ending in .csv or .jsonl.")
 
 
+def utf8_text(value: Any) -> Any:
+    """A string that encodes as UTF-8: undecodable bytes of a file name spelled `\\xNN`."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: os.fsdecode's spelling of undecodable bytes
+        return os.fsencode(value).decode("utf-8", "backslashreplace")
+    return value
+
+
 def _csv_cell(value: Any) -> Any:
-    """CSV spelling: true/false for flags, empty for None (csv's own), the rest as is."""
-    return str(value).lower() if isinstance(value, bool) else value
+    """CSV spelling: true/false for flags, empty for None (csv's own), text defused (see the
+    module docstring), the rest as is."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    value = utf8_text(value)
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
-def write_predictions(preds: Iterable[Prediction], path: Path) -> None:
+def write_predictions(
+    rows: Iterable[Prediction | dict[str, Any]],  # `Prediction`s, or rows of one table's columns
+    path: Path,
+    fmt: str | None = None,  # csv or jsonl; None: from the suffix of `path` (checked)
+) -> None:
     """Write the rows to `path` as CSV (.csv) or JSON lines (.jsonl), atomically."""
     path = Path(path)
-    check_output_path(path)
-    rows = [p.row() for p in preds]
-    columns = list(rows[0]) if rows else list(OUTPUT_COLUMNS)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        if path.suffix.lower() == ".csv":
+    if fmt is None:
+        check_output_path(path)
+        fmt = path.suffix.lower().removeprefix(".")
+    table = [r.row() if isinstance(r, Prediction) else r for r in rows]
+    columns = list(table[0]) if table else list(OUTPUT_COLUMNS)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        if fmt == "csv":
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
-            writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in rows)
+            writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in table)
         else:
-            f.writelines(json.dumps(row, allow_nan=False) + "\n" for row in rows)
+            f.writelines(
+                json.dumps({k: utf8_text(v) for k, v in row.items()}, allow_nan=False) + "\n"
+                for row in table
+            )

@@ -6,9 +6,10 @@ OOD check's statistics, when it is on), NAME.onnx (with --onnx, `record_onnx`) a
 the card (see `card.py`)
 listing the others with their sha256. `build_card` makes the card, typed, with `files` empty;
 `write_export` fills them in from the files it has just written. Every file is first written
-under a temporary name in the export folder and renamed into place only when all of them are
-complete, so a failed or interrupted run never replaces a good export. An ensemble's card shares
-`card_header` and `write_export` (`ensemble.py`).
+under a temporary name in the export folder and flushed to disk; only when all of them are
+complete are they switched in, the card last (`card.switch_export`), so a failed or interrupted
+run, or a kill during the switch, never leaves files that do not match the card beside them.
+An ensemble's card shares `card_header` and `write_export` (`ensemble.py`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ..card import (
     library_versions,
     read_card,
     research_use,
+    switch_export,
     timestamp,
 )
 from ..config import CLASSES, IMAGENET_MEAN, IMAGENET_STD, TrainConfig
@@ -47,7 +49,7 @@ from ..data.exclude import read_exclusions
 from ..data.layout import DatasetFiles, class_counts, fingerprint, relative_name
 from ..data.names import label_fn
 from ..data.preprocess import preprocessing
-from ..fileio import sha256_file, staged_files
+from ..fileio import check_name, sha256_file, temps_beside
 from ..model import describe
 from .ood_fit import FittedDetector
 
@@ -183,9 +185,9 @@ def write_export(
     writers: dict[str, Callable[[Path], None]],  # kind (pkl, weights, ...) -> writes that file
 ) -> CardT:
     """Write every file and then the card listing them with their sha256, all atomically."""
+    check_name(paths.card.stem)
     finals = [paths.of(kind) for kind in writers]
-    with staged_files(paths.card.parent, [*finals, paths.card]) as temps:
-        *staged, card_tmp = temps
+    with temps_beside(finals) as staged:
         for write, tmp in zip(writers.values(), staged, strict=True):
             write(tmp)
         files = {
@@ -193,5 +195,5 @@ def write_export(
             for kind, final, tmp in zip(writers, finals, staged, strict=True)
         }
         written = card.model_copy(update={"files": files})
-        card_tmp.write_text(written.to_json())
+        switch_export(paths.card, dict(zip(staged, finals, strict=True)), written)
     return written
