@@ -41,7 +41,7 @@ import io
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +83,7 @@ _DICOM_HEADER_ERRORS = (
     TypeError,
 )
 CHUNK_BYTES = 1 << 20  # read at a time when a file's end is checked
+STRIP_PIXELS = 1 << 22  # pixels of an image with alpha flattened at a time
 T = TypeVar("T")
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, the weights of PIL's RGB -> "L"
 
@@ -265,30 +266,37 @@ def _has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
 
 
+def _alpha_strips(img: Image.Image) -> Iterator[tuple[int, Image.Image]]:
+    """(top row, strip) of an image with alpha, a few megapixels at a time, palette expanded."""
+    rows = max(1, STRIP_PIXELS // max(1, img.width))
+    for top in range(0, img.height, rows):
+        strip = img.crop((0, top, img.width, min(img.height, top + rows)))
+        yield top, strip.convert("RGBA") if strip.mode.startswith("P") else strip
+
+
 def translucent_share(img: Image.Image) -> float:
     """Share of an image's pixels that are not fully opaque (0 for a mode without alpha)."""
     if not _has_alpha(img):
         return 0.0
-    alpha = (img.convert("RGBA") if img.mode.startswith("P") else img).getchannel("A")
-    if alpha.getextrema()[0] == 255:
-        return 0.0
-    return 1.0 - alpha.histogram()[255] / (img.width * img.height)
+    opaque = sum(strip.getchannel("A").histogram()[255] for _, strip in _alpha_strips(img))
+    return 1.0 - opaque / (img.width * img.height)
 
 
 def _flatten(img: Image.Image) -> Image.Image:
     """Reduce any PIL mode to "L" (8-bit data) or "I"/"F" (deeper data, windowed later).
 
-    Alpha composites onto black: the luma times alpha / 255, two 8-bit planes at a time rather
-    than three RGBA copies (a 9400 px RGBA PNG stays well under a gigabyte).
+    Alpha composites onto black: the luma times alpha / 255, a strip at a time, so that a
+    9400 px RGBA PNG costs its decoded pixels and one gray copy, not three RGBA copies.
     """
     if img.mode.startswith("I;16"):
         return img.convert("I")
     if img.mode in ("L", "I", "F"):
         return img
     if _has_alpha(img):
-        if img.mode.startswith("P"):
-            img = img.convert("RGBA")
-        return ImageChops.multiply(img.convert("L"), img.getchannel("A"))
+        gray = Image.new("L", img.size)
+        for top, strip in _alpha_strips(img):
+            gray.paste(ImageChops.multiply(strip.convert("L"), strip.getchannel("A")), (0, top))
+        return gray
     return img.convert("L")
 
 
@@ -296,9 +304,10 @@ def _preview(img: Image.Image) -> Image.Image | None:
     """A small RGB copy of a colour image, for the input checks (None for gray images)."""
     if img.mode not in _COLOUR_MODES:
         return None
-    if img.mode in ("P", "PA"):
-        img = img.convert("RGBA")
-    return img.reduce(max(1, max(img.size) // PREVIEW_PX)).convert("RGB")
+    factor = max(1, max(img.size) // PREVIEW_PX)
+    size = (max(1, img.width // factor), max(1, img.height // factor))
+    # nearest: no full-size premultiplied copy, as PIL's reduce and box resize make of RGBA
+    return img.resize(size, Image.Resampling.NEAREST).convert("RGB")
 
 
 def _read_raster(path: Path, cap: int | None, draft: int | None) -> Image.Image:
