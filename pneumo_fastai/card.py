@@ -48,6 +48,7 @@ Probability = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]  # st
 Share = Annotated[float, Field(ge=0.01, le=0.99, allow_inf_nan=False)]  # MIN_SHARE .. 1-MIN_SHARE
 MIN_SHARE = 0.01  # a class share nearer 0 or 1 than this says the estimate failed (one class)
 MAX_INPUT_SIZE = 2048  # px; the network's input side (training needs >= 32)
+MAX_OOD_SCORE = 1e6  # bound of an OOD threshold's magnitude
 
 
 class Section(BaseModel):
@@ -154,7 +155,9 @@ class OodFacts(Section):
     method: str  # mahalanobis (statistics in files["ood"])
     features: str
     alpha: Probability  # share of validation images flagged
-    threshold: Finite  # scores above it are flagged (NaN would flag nothing)
+    # scores above it are flagged; NaN, or one beyond any score (squared Mahalanobis distances
+    # of 512 features are hundreds, an ensemble's ratios near 1), would flag nothing
+    threshold: float = Field(ge=-MAX_OOD_SCORE, le=MAX_OOD_SCORE, allow_inf_nan=False)
     threshold_rule: str
     n_train: int
     n_valid: int
