@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .config import TrainConfig
 from .errors import ModelFileError
-from .fileio import fsync_dir, fsync_file, sha256_file, write_text_atomic
+from .fileio import check_name, fsync_dir, fsync_file, sha256_file, write_text_atomic
 
 CARD_SCHEMA_VERSION = 2
 SHA256 = r"^[0-9a-f]{64}$"
@@ -439,7 +439,9 @@ class ExportPaths:
 
     @classmethod
     def for_name(cls, folder: Path, name: str) -> ExportPaths:
-        """The paths of export `name` inside `folder`."""
+        """The paths of export `name` inside `folder` (a name, never a path: see `check_name`)."""
+        if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+            check_name(name)  # refuses it, saying what a name may hold
         folder = Path(folder)
         return cls(
             pkl=folder / f"{name}.pkl",

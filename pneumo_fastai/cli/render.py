@@ -14,7 +14,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from ..config import CLASSES
-from ..inference.results import Prediction
+from ..inference.results import Prediction, utf8_text
 
 if TYPE_CHECKING:  # imported by the functions that use them: `predict` never loads torch
     from ..datatools.check import DatasetReport
@@ -225,7 +225,7 @@ def print_predictions(
         prob = "" if p.probability is None else f"{p.probability:.4f}"
         note = p.error or (f"OOD: {p.ood_reason}" if p.ood else "")
         style = "red" if not p.ok else "yellow" if p.ood else None
-        file = Text(p.file or "")  # Text: no markup in file names
+        file = Text(utf8_text(p.file or ""))  # Text: no markup; \xNN: printable as UTF-8
         table.add_row(file, prob, p.label, p.label_argmax, Text(note), style=style)
     console.print(table)
     failed = sum(not p.ok for p in preds)
