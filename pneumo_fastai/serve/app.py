@@ -109,6 +109,7 @@ def forget(*paths: str | Path | None) -> None:
 
 def _scrubbed(pred: Prediction, path: str) -> Prediction:
     """`pred` with the upload's server path left out of its file and error."""
+    path = str(path)
     name = Path(path).name
     error = pred.error
     if error is not None:

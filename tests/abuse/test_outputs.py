@@ -124,6 +124,7 @@ def test_a_kill_during_an_export_leaves_the_old_export_whole(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors", "m.valid.csv"]
 
 
+@pytest.mark.slow  # two ONNX exports of a ResNet34: minutes on a busy CPU
 def test_a_kill_during_export_onnx_leaves_the_onnx_engine_working(export_copy, monkeypatch):
     pytest.importorskip("onnxruntime", reason="onnxruntime comes with the [onnx] extra")
     from pneumo_fastai.inference.onnx_export import export_onnx
