@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from ..card import Card, EnsembleCard, card_path_of, parse_card, read_card, time
 from ..config import ADAPT_MIN_IMAGES, CLASSES
 from ..data.layout import list_split
 from ..errors import DataError, PneumoError
-from ..fileio import sha256_file, write_text_atomic
+from ..fileio import check_name, sha256_file, write_text_atomic
 from ..valid_csv import read_valid
 from .inputs import expand_inputs
 from .label_shift_test import ShiftTest, label_shift_test
@@ -66,7 +65,6 @@ THRESHOLD_RULE = (
     "the k-th lowest of the site sample's n PNEUMONIA scores, k = floor((n + 1) * (1 - target)): "
     "expected sensitivity on the site's other images >= target"
 )
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class SiteShiftError(PneumoError):
@@ -88,17 +86,6 @@ class AdaptResult:
     shift: PriorShift | None = None  # unlabelled: the correction written
     test: ShiftTest | None = None  # unlabelled: the label-shift test
     fit: SiteFit | None = None  # labelled: what was fitted
-
-
-def check_name(name: str) -> str:
-    """`name` if it can name an export's files (no folders, no leading dot), else `PneumoError`."""
-    if not NAME_PATTERN.match(name) or name.endswith(".json"):
-        raise PneumoError(
-            f"--name {name!r} cannot name an export: use letters, digits, '.', '_' and '-' "
-            "(no folder separators, not starting with '.' or '-', no .json); --exports picks "
-            "the folder."
-        )
-    return name
 
 
 def validation_scores(card: Card, card_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +113,7 @@ def _repointed(card: Card, card_path: Path, folder: Path) -> dict[str, Any]:
 def _target(card: Card, card_path: Path, name: str, exports: Path | None, force: bool) -> Path:
     """Where NAME.json goes; refuses to overwrite anything but an adaptation of the same export."""
     out = Path(exports) if exports is not None else card_path.parent
-    target = out / f"{check_name(name)}.json"
+    target = out / f"{check_name(name, '--name')}.json"
     if target.resolve() == card_path.resolve():
         raise PneumoError(f"--name {name} would overwrite the export being adapted; pick another.")
     if target.exists() and not force:
@@ -176,6 +163,14 @@ def labelled_sample(labels: Path) -> tuple[list[Path], np.ndarray]:
     bad = sorted({r["label"] for r in rows} - set(CLASSES))
     if bad:
         raise DataError(f"{labels} has labels other than NORMAL and PNEUMONIA: {', '.join(bad)}.")
+    outside = [
+        r["file"] for r in rows if Path(r["file"]).is_absolute() or ".." in Path(r["file"]).parts
+    ]
+    if outside:
+        raise DataError(
+            f"{labels} names {outside[0]!r}: list files by their path relative to the CSV's "
+            f"folder, without '..' ({len(outside)} such row(s))."
+        )
     files = [(labels.parent / r["file"]) for r in rows]
     missing = [r["file"] for r, f in zip(rows, files, strict=True) if not f.is_file()]
     if missing:

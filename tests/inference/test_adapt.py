@@ -188,6 +188,9 @@ def test_a_labelled_sample_too_small_or_with_unknown_files_is_refused(
     listing.write_text("file,label\nsmall/NORMAL/nope.jpeg,NORMAL\n")
     assert run_main(monkeypatch, "adapt", real_export, "--labels", listing, *args) == 2
     assert "do not exist" in capsys.readouterr().err
+    listing.write_text("file,label\n../../etc/x.jpeg,NORMAL\n")
+    assert run_main(monkeypatch, "adapt", real_export, "--labels", listing, *args) == 2
+    assert "without '..'" in capsys.readouterr().err
     listing.write_text("file,label\nsmall/NORMAL/x.jpeg,COVID\n")
     assert run_main(monkeypatch, "adapt", real_export, "--labels", listing, *args) == 2
     assert "other than NORMAL and PNEUMONIA: COVID" in capsys.readouterr().err
@@ -208,7 +211,7 @@ def test_many_copies_of_one_image_are_refused_as_too_few_distinct(
     assert not (tmp_path / "x.json").exists()
 
 
-@pytest.mark.parametrize("name", ["sub/site", "../up", ".hidden", "x.json"])
+@pytest.mark.parametrize("name", ["sub/site", "../up", ".hidden"])
 def test_a_name_that_is_not_a_plain_file_name_is_refused(
     real_export, tmp_path, name, monkeypatch, capsys
 ):
