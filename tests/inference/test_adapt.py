@@ -125,7 +125,10 @@ def test_a_three_class_export_and_its_own_name_are_refused(real_export, tmp_path
 
     with pytest.raises(PneumoError, match="would overwrite"):
         adapt_export(real_export, tmp_path, real_export.stem)
-    three = json.loads(real_export.read_text()) | {"classes": ["NORMAL", "BACTERIA", "VIRUS"]}
+    three = json.loads(real_export.read_text()) | {
+        "classes": ["NORMAL", "BACTERIA", "VIRUS"],
+        "task": "subtype",
+    }
     (tmp_path / "three.json").write_text(json.dumps(three))
     with pytest.raises(PneumoError, match="binary NORMAL vs PNEUMONIA"):
         adapt_export(tmp_path / "three.json", tmp_path, "x")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,16 +57,16 @@ def seed_ensemble(trained, seeds_config) -> EnsembleResult:
 
 def _copy(card_path: Path, folder: Path) -> Path:
     """The ensemble's card and pooled predictions copied into `folder`, its other files (graph,
-    members) linked; the copy's card."""
+    members) hard-linked (a symbolic link out of an export's folder is refused); the copy's card."""
     members = folder / f"{card_path.stem}.members"
     members.mkdir(parents=True)
     for f in card_path.parent.glob(f"{card_path.stem}.*"):
         if f.suffix in (".json", ".csv"):
             (folder / f.name).write_bytes(f.read_bytes())
         elif f.is_file():
-            (folder / f.name).symlink_to(f)
+            os.link(f, folder / f.name)
     for f in (card_path.parent / members.name).iterdir():
-        (members / f.name).symlink_to(f)
+        os.link(f, members / f.name)
     return folder / card_path.name
 
 
