@@ -33,10 +33,11 @@ from robustness import LabelledSet
 
 from pneumo_fastai import load_model
 from pneumo_fastai.card import card_path_of, read_card
-from pneumo_fastai.inference.adapt import SHARE_CLIP, validation_scores
+from pneumo_fastai.inference.adapt import SHARE_CLIP
 from pneumo_fastai.inference.label_shift_test import label_shift_test
-from pneumo_fastai.inference.prior_shift import PriorShift, em_prevalence
+from pneumo_fastai.inference.prior_shift import clipped_estimate, mean_shares
 from pneumo_fastai.inference.site_labels import fit_site_labels, min_per_class, rescale
+from pneumo_fastai.valid_csv import read_valid
 
 SITE = SHARED_DATA.parent / "official_test_a"
 NIH = SHARED_DATA.parent / "external_nih"
@@ -71,9 +72,7 @@ def unlabelled(s: Scored, p_valid, y_valid, t: float, seed: int = 0):
     """The label-shift test on `s` and the figures before and after the correction."""
     keep = ~s.ood
     test = label_shift_test(s.p[keep], p_valid, y_valid, n_flagged=int(s.ood.sum()), seed=seed)
-    src = np.array([1 - p_valid.mean(), p_valid.mean()])
-    estimate = np.clip(em_prevalence(np.column_stack([1 - s.p[keep], s.p[keep]]), src), *SHARE_CLIP)
-    shift = PriorShift(src, estimate / estimate.sum())
+    shift = clipped_estimate(s.p[keep], mean_shares(p_valid), SHARE_CLIP)
     after = shift.apply(np.column_stack([1 - s.p, s.p]))[:, 1]
     return test, float(shift.target[0]), rates(s.p, s.y, t), rates(after, s.y, t)
 
@@ -98,7 +97,8 @@ def main() -> None:
     model = load_model(card_path, precision="fp32")
     t, size = model.threshold, card.input.size
     target = card.decision_threshold.target_sensitivity or 0.95
-    p_valid, y_valid = validation_scores(card, card_path)
+    valid = read_valid(card, card_path)
+    p_valid, y_valid = valid.probability, valid.y
     site, holdout = scored(model, args.site, size), scored(model, args.holdout, size)
     print(f"{card_path}: threshold {t:.3f}, target sensitivity {target}; site {args.site} "
           f"({len(site.y)} images, {np.mean(site.y == 0):.3f} NORMAL, {site.ood.sum()} "

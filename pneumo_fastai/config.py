@@ -17,6 +17,11 @@ URL_ENV = "PNEUMO_DATA_URL"  # overrides the dataset download URL (a mirror, a t
 # `adapt` needs this many usable X-rays of a site: fewer leave its class shares' bootstrap
 # interval wider than about +-0.1.
 ADAPT_MIN_IMAGES = 100
+# `adapt --labels` needs at least this many labelled X-rays of each class: 20 PNEUMONIA is the
+# least its threshold rule takes at sensitivity 0.95 (more above it), 10 NORMAL for the
+# temperature and a specificity worth reporting.
+ADAPT_MIN_PNEUMONIA = 20
+ADAPT_MIN_NORMAL = 10
 Task = Literal["binary", "subtype"]
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)

@@ -12,6 +12,7 @@ complete. Nothing here imports torch or fastai.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import re
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import PneumoError
+from .errors import DataError, PneumoError
 
 CHUNK = 1 << 20  # bytes read at a time when hashing
 MAX_WORKERS = 8  # decoding and loading stop scaling well before this on the machines we measured
@@ -40,6 +41,15 @@ def check_name(name: str, option: str = "--name") -> str:
             "the folder with --exports."
         )
     return name
+
+
+def read_csv_rows(path: Path, what: str) -> list[dict[str, str]]:
+    """The rows of a UTF-8 CSV with a header line; `DataError` naming `what` if it is unreadable."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{what} {path} is not a readable CSV ({e}).") from e
 
 
 def _umask() -> int:

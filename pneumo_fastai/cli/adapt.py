@@ -11,8 +11,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import ADAPT_MIN_IMAGES
-from ..inference.site_labels import MIN_NORMAL, MIN_PNEUMONIA
+from ..config import ADAPT_MIN_IMAGES, ADAPT_MIN_NORMAL, ADAPT_MIN_PNEUMONIA
 from .options import BsOpt, EngineOpt, ModelArg, PrecisionOpt
 
 
@@ -34,8 +33,8 @@ def adapt_command(
             help="A labelled sample of the site instead: a folder with NORMAL/ and PNEUMONIA/, "
             "or a CSV with columns file (relative to the CSV) and label. Fits the site's "
             "temperature and its threshold at the card's target sensitivity; needs at least "
-            f"{MIN_NORMAL} NORMAL and {MIN_PNEUMONIA} PNEUMONIA X-rays (more PNEUMONIA for "
-            "targets above 0.95).",
+            f"{ADAPT_MIN_NORMAL} NORMAL and {ADAPT_MIN_PNEUMONIA} PNEUMONIA X-rays (more "
+            "PNEUMONIA for targets above 0.95).",
             show_default=False,
         ),
     ] = None,

@@ -12,12 +12,11 @@ and how many files it removed.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from ..fileio import sha256_file
+from ..fileio import read_csv_rows, sha256_file
 
 TRUE = {"1", "true", "yes", "y", "t"}
 
@@ -36,11 +35,7 @@ def read_exclusions(path: Path) -> Exclusions:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Exclusion list {path} not found: pass a CSV with a `file` column.")
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"Exclusion list {path} is not a readable CSV ({e}).") from e
+    rows = read_csv_rows(path, "Exclusion list")
     if not rows or "file" not in rows[0]:
         raise DataError(
             f"Exclusion list {path} has no `file` column (or no rows): it needs a header line "

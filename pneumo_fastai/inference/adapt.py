@@ -22,8 +22,6 @@ which every engine (torch, ONNX, the web demo) applies (`site_adjustment.py`).
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +33,11 @@ from ..card import Card, EnsembleCard, card_path_of, parse_card, read_card, time
 from ..config import ADAPT_MIN_IMAGES, CLASSES
 from ..data.layout import list_split
 from ..errors import DataError, PneumoError
-from ..fileio import check_name, sha256_file, write_text_atomic
+from ..fileio import check_name, read_csv_rows, sha256_file, write_text_atomic
 from ..valid_csv import read_valid
 from .inputs import expand_inputs
 from .label_shift_test import ShiftTest, label_shift_test
-from .prior_shift import PriorShift, bootstrap_interval, em_prevalence
+from .prior_shift import PriorShift, bootstrap_interval, clipped_estimate, mean_shares
 from .site_labels import SiteFit, fit_site_labels, min_per_class
 
 LEVEL = 0.95
@@ -88,13 +86,6 @@ class AdaptResult:
     fit: SiteFit | None = None  # labelled: what was fitted
 
 
-def validation_scores(card: Card, card_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Validation's P(PNEUMONIA) and labels (1: PNEUMONIA) from `NAME.valid.csv`, sha256-checked."""
-    valid = read_valid(card, card_path)
-    y = np.array([int(label == card.positive_class) for label in valid.labels])
-    return valid.probability, y
-
-
 def _repointed(card: Card, card_path: Path, folder: Path) -> dict[str, Any]:
     """The card's fields with its files (and members) named relative to `folder`."""
     fields = card.model_dump(mode="json")
@@ -134,7 +125,7 @@ def _distinct(files: list[Path]) -> tuple[list[Path], int]:
     seen: set[str] = set()
     kept = []
     for f in files:
-        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        digest = sha256_file(f)
         if digest not in seen:
             seen.add(digest)
             kept.append(f)
@@ -153,11 +144,7 @@ def labelled_sample(labels: Path) -> tuple[list[Path], np.ndarray]:
         return files, np.array(y)
     if not labels.is_file():
         raise DataError(f"No such label file or folder: {labels}.")
-    try:
-        with open(labels, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{labels} is not a readable CSV ({e}).") from e
+    rows = read_csv_rows(labels, "Label file")
     if not rows or not {"file", "label"} <= set(rows[0]):
         raise DataError(f"{labels} needs the columns file and label (NORMAL or PNEUMONIA).")
     bad = sorted({r["label"] for r in rows} - set(CLASSES))
@@ -236,7 +223,8 @@ def adapt_export(
     flagged = sum(bool(p.ok and p.ood) for p in preds)
     used = [i for i, p in enumerate(preds) if p.ok and not p.ood]
     p_used = np.array([preds[i].probability for i in used])
-    p_valid, y_valid = validation_scores(card, card_path)
+    valid = read_valid(card, card_path)  # adapt takes binary cards: y is PNEUMONIA
+    p_valid, y_valid = valid.probability, valid.y
     counts = dict(unreadable=unreadable, flagged=flagged, repeats=repeats, total=len(files))
     common = {
         "level": LEVEL,
@@ -313,9 +301,8 @@ def _fit_prior(
             f"site's class mix needs at least {ADAPT_MIN_IMAGES} distinct ones. Add more of the "
             "site's X-rays to the folder."
         )
-    src = np.array([1 - p_valid.mean(), p_valid.mean()])
-    probs = np.column_stack([1 - p, p])
-    lo, hi = bootstrap_interval(probs, src, n_boot, seed, LEVEL)
+    src = mean_shares(p_valid)
+    lo, hi = bootstrap_interval(np.column_stack([1 - p, p]), src, n_boot, seed, LEVEL)
     one = [c for i, c in enumerate(card.classes) if hi[i] < ONE_CLASS]
     if one:
         raise DataError(
@@ -324,9 +311,8 @@ def _fit_prior(
             f"{LEVEL:.0%} interval. A class mix cannot be adapted to from a one-class folder; give "
             "the site's unselected X-rays, or a labelled sample (--labels)."
         )
-    estimate = np.clip(em_prevalence(probs, src), *SHARE_CLIP)
     test = label_shift_test(p, p_valid, y_valid, n_flagged=counts["flagged"], seed=seed)
-    return PriorShift(src, estimate / estimate.sum()), test, (lo, hi)
+    return clipped_estimate(p, src, SHARE_CLIP), test, (lo, hi)
 
 
 def _rejection(folder: Path | str | None, test: ShiftTest, card: Card) -> str:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .prior_shift import em_prevalence
+from .prior_shift import em_prevalence, mean_shares
 
 ALPHA = 0.05  # false-alarm rate of the two tests together
 OOD_RATE = 0.02  # share of validation images the OOD check flags (its threshold's quantile)
@@ -106,8 +106,7 @@ def label_shift_test(
     """Test that the site's scores are a mixture of validation's class-conditional scores."""
     p_site, p_valid, y_valid = map(np.asarray, (p_site, p_valid, y_valid))
     normal, pneumonia = p_valid[y_valid == 0], p_valid[y_valid == 1]
-    source = np.array([1 - p_valid.mean(), p_valid.mean()])
-    w = _shares(p_site, source)
+    w = _shares(p_site, mean_shares(p_valid))
     observed = cramer_von_mises(p_site, normal, pneumonia, w)
     rng = np.random.default_rng(seed)
     n = len(p_site)
@@ -121,8 +120,7 @@ def label_shift_test(
             normal[rng.integers(0, len(normal), n)],
             pneumonia[rng.integers(0, len(pneumonia), n)],
         )
-        ref_all = np.concatenate([ref_n, ref_p])
-        w_b = _shares(site, np.array([1 - ref_all.mean(), ref_all.mean()]))
+        w_b = _shares(site, mean_shares(np.concatenate([ref_n, ref_p])))
         null[b] = cramer_von_mises(site, ref_n, ref_p, w_b)
     p_value = float((1 + np.sum(null >= observed)) / (n_boot + 1))
     ood_share = ood_p = None

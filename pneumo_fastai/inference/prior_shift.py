@@ -47,6 +47,20 @@ def em_prevalence(probs: np.ndarray, source: np.ndarray) -> np.ndarray:
     return target
 
 
+def mean_shares(p_pos: np.ndarray) -> np.ndarray:
+    """(NORMAL, PNEUMONIA) shares of the mean P(PNEUMONIA): the `source` of validation's scores."""
+    mean = float(np.mean(p_pos))
+    return np.array([1 - mean, mean])
+
+
+def clipped_estimate(
+    p_pos: np.ndarray, source: np.ndarray, clip: tuple[float, float]
+) -> PriorShift:
+    """The correction to the EM estimate of the site behind `p_pos`, shares kept inside `clip`."""
+    estimate = np.clip(em_prevalence(np.column_stack([1 - p_pos, p_pos]), source), *clip)
+    return PriorShift(source, estimate / estimate.sum())
+
+
 def bootstrap_interval(
     probs: np.ndarray,
     source: np.ndarray,

@@ -16,7 +16,7 @@ What a hospital does before trusting a model: score a few of its own labelled X-
   k = floor((n + 1) * (1 - target)). A new PNEUMONIA image scores at or above it with
   probability (n + 1 - k) / (n + 1) on average over samples (the order statistic's coverage,
   distribution-free), which is >= target. It needs k >= 1, hence at least
-  1 / (1 - target) - 1 PNEUMONIA images (19 at 0.95) and `MIN_NORMAL` NORMAL ones.
+  1 / (1 - target) - 1 PNEUMONIA images (19 at 0.95); `config` sets the minimum per class.
 - **Figures.** Sensitivity and specificity at that threshold on the sample, with percentile
   bootstrap intervals (resampling each class), and the expected sensitivity above.
 
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MIN_PNEUMONIA = 20  # at least; more where the target sensitivity needs it (min_per_class)
-MIN_NORMAL = 10  # for the temperature and a specificity worth reporting
+from ..config import ADAPT_MIN_NORMAL, ADAPT_MIN_PNEUMONIA
+
 LEVEL = 0.95
 N_BOOT = 1000
 
@@ -39,7 +39,7 @@ N_BOOT = 1000
 def min_per_class(target_sensitivity: float) -> dict[str, int]:
     """The smallest labelled sample per class that the threshold rule and the figures need."""
     need = math.ceil(1 / (1 - target_sensitivity) - 1 - 1e-9) if target_sensitivity < 1 else 10**9
-    return {"NORMAL": MIN_NORMAL, "PNEUMONIA": max(MIN_PNEUMONIA, need)}
+    return {"NORMAL": ADAPT_MIN_NORMAL, "PNEUMONIA": max(ADAPT_MIN_PNEUMONIA, need)}
 
 
 def rescale(p_pos: np.ndarray, scale: float) -> np.ndarray:
