@@ -13,28 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchlib import SHARED_DATA, machine_line
+from benchlib import SHARED_DATA, machine_line, rss_mb, same_answer, serving
 from gradio_client import Client, handle_file
 
 from pneumo_fastai import load_model
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, in MiB (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:
@@ -49,19 +37,7 @@ def main() -> None:
     files += sorted((args.data / "train" / "NORMAL").iterdir())[:5]
     preds = load_model(args.model).predict_batch(files)
     reference = {str(f): pred for f, pred in zip(files, preds, strict=True)}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "pneumo_fastai.cli", "serve", str(args.model), "--port", str(port)]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(480):
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with serving(args.model) as (server, url):
         before = rss_mb(server.pid)
         peak, stop = [before], threading.Event()
 
@@ -77,13 +53,7 @@ def main() -> None:
                 f = files[(k + i) % len(files)]
                 start = time.perf_counter()
                 answer = client.predict(handle_file(str(f)), api_name="/predict")
-                ref = reference[str(f)]
-                ok = (
-                    answer["error"] is None
-                    and abs(answer["probability"] - ref.probability) <= 1e-5
-                    and answer["prediction"] == ref.label
-                )
-                out.append((time.perf_counter() - start, ok))
+                out.append((time.perf_counter() - start, same_answer(answer, reference[str(f)])))
             return out
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -95,9 +65,6 @@ def main() -> None:
         stop.set()
         sampler.join()
         after = rss_mb(server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     latencies = sorted(t for t, _ in results)
     q = statistics.quantiles(latencies, n=20)
     print(

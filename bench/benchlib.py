@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: machine line, stand-in weights, timing, tables.
+"""Helpers shared by the benchmarks: machine line, stand-in weights, timing, tables, a server.
 
 from benchlib import SHARED_DATA, machine_line, random_resnet34_weights, median
 """
@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import statistics
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -106,3 +110,48 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     for first, *rest in cells:
         right = [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)]
         print("  ".join([first.ljust(widths[0]), *right]))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextmanager
+def serving(
+    model: Path, *options: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`pneumo-fastai serve MODEL OPTIONS` on a free loopback port, once it answers: its process
+    and URL; stopped when the block ends."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "pneumo_fastai.cli", "serve", str(model), "--port", str(port)]
+    server = subprocess.Popen(
+        [*cmd, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(480):
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield server, url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def same_answer(answer: dict, reference) -> bool:
+    """Whether a `predict` API answer is `reference`'s (a `Prediction` of the same file): no error,
+    P(PNEUMONIA) within 1e-5, the same label."""
+    return (
+        answer["error"] is None
+        and abs(answer["probability"] - reference.probability) <= 1e-5
+        and answer["prediction"] == reference.label
+    )

@@ -17,31 +17,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from benchlib import SHARED_DATA, machine_line
+from benchlib import SHARED_DATA, machine_line, rss_mb, same_answer, serving
 from gradio_client import Client, handle_file
 
 from pneumo_fastai import load_model
 
 MAX_FILE_MB = 8.0
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, in MiB (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def hostile_files(folder: Path) -> dict[str, Path]:
@@ -94,24 +82,11 @@ def hostile_files(folder: Path) -> dict[str, Path]:
 
 def run(args: argparse.Namespace, concurrency: int, xrays: list[Path], reference: dict) -> None:
     """One server at `concurrency`: the load, the abuse, and what it kept."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     tmp = Path(tempfile.mkdtemp(prefix="serve-abuse-"))
     env = {**os.environ, "TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio")}
-    cmd = [sys.executable, "-m", "pneumo_fastai.cli", "serve", str(args.model), "--port",
-           str(port), "--concurrency", str(concurrency),
-           "--max-file-mb", str(MAX_FILE_MB)]  # fmt: skip
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    url = f"http://127.0.0.1:{port}/"
     hostile = hostile_files(Path(tempfile.mkdtemp(prefix="hostile-")))
-    try:
-        for _ in range(480):
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+    options = ["--concurrency", str(concurrency), "--max-file-mb", str(MAX_FILE_MB)]
+    with serving(args.model, *options, env=env) as (server, url):
         before = rss_mb(server.pid)
 
         def client_run(k: int) -> list[tuple[str, float, bool]]:
@@ -129,12 +104,7 @@ def run(args: argparse.Namespace, concurrency: int, xrays: list[Path], reference
                     out.append((name, time.perf_counter() - start, name == "oversize"))
                     continue
                 if name == "x-ray":
-                    ref = reference[str(f)]
-                    ok = (
-                        answer["error"] is None
-                        and abs(answer["probability"] - ref.probability) <= 1e-5
-                        and answer["prediction"] == ref.label
-                    )
+                    ok = same_answer(answer, reference[str(f)])
                 else:
                     ok = name == "EPS DICOM" or answer["error"] is not None
                 out.append((name, time.perf_counter() - start, ok))
@@ -147,9 +117,6 @@ def run(args: argparse.Namespace, concurrency: int, xrays: list[Path], reference
         still = Client(url, verbose=False).predict(handle_file(str(xrays[0])), api_name="/predict")
         time.sleep(2)
         after = rss_mb(server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     kept = [p for p in tmp.rglob("*") if p.is_file()]
     uploads = [p for p in kept if p.suffix.lower() in (".png", ".jpeg", ".jpg", ".dcm", ".zip")]
     latencies = sorted(t for name, t, _ in results if name == "x-ray")
