@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from ..errors import PneumoError
+from ..serve.uploads import KEEP_UPLOADS_S
 from .options import DeviceOpt, ModelArg, PickleOpt, PrecisionOpt
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -32,6 +33,15 @@ def serve_command(
     concurrency: Annotated[
         int, typer.Option(min=1, help="Requests processed at once; the others wait in a queue.")
     ] = 2,
+    keep_uploads: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Seconds an upload (X-ray, DICOM, zip) is kept after its answer. Requests that "
+            "send the same file share one copy, so a duplicate waiting longer than this in the "
+            "queue fails; 0 deletes at once.",
+        ),
+    ] = KEEP_UPLOADS_S,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     trust_pickle: PickleOpt = False,
@@ -61,7 +71,7 @@ def serve_command(
             err=True,
         )
     classifier = load_model(model, trust_pickle=trust_pickle, device=device, precision=precision)
-    demo = build_app(classifier, card_path_of(model))
+    demo = build_app(classifier, card_path_of(model), keep_uploads)
     demo.queue(default_concurrency_limit=concurrency, max_size=64).launch(
         server_name=host,
         server_port=port,

@@ -13,19 +13,20 @@ Grad-CAM (`evaluation.gradcam`) and its result rows (`inference.results`). Tabs:
   included) beside its Grad-CAM of P(PNEUMONIA); one decode and one forward pass per upload;
 - batch: several files or a zip; a table with the columns of `predict --out` and a CSV;
 - the model card's essentials.
-The `predict` API endpoint takes one file and returns the JSON of `api_result`. A bad upload is
-an error message (and `error` in the API), never a crash; the next request works. Each upload
-(X-rays, DICOMs with their patient data, zips) is deleted from Gradio's cache as soon as its
-answer is computed, and a zip is extracted within `zipfiles.UPLOAD`'s caps into a folder removed
-with the request. What Gradio keeps is the answers it sends (the batch CSV, the pictures shown),
-deleted an hour after they were made (`CACHE_CLEANUP`). The page shows no server path: the card
-is shown with every path reduced to its last part (`public_card`). Requests share one network:
-`ExportedModel.lock` makes them take turns on it, whatever `--concurrency` allows.
+The `predict` API endpoint takes one file and returns the JSON of `api_result`. A bad upload is an
+error message (and `error` in the API), never a crash; the next request works. Each upload (X-rays,
+DICOMs with their patient data, zips) is deleted from Gradio's cache `keep_uploads_s` (a minute by
+default) after its answer, by `uploads.Uploads` (requests that send the same bytes share Gradio's
+one copy, so it waits for a duplicate still in the queue), and a zip is extracted within
+`zipfiles.UPLOAD`'s caps into a folder removed with the request. What Gradio keeps is the answers
+it sends (the batch CSV, the pictures shown), deleted an hour after they were made
+(`CACHE_CLEANUP`). The page shows no server path: the card is shown with every path reduced to its
+last part (`public_card`). Requests share one network: `ExportedModel.lock` makes them take turns
+on it, whatever `--concurrency` allows.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tempfile
 import zipfile
@@ -48,6 +49,7 @@ from ..inference.inputs import expand_inputs
 from ..inference.predict import XrayClassifier
 from ..inference.results import Prediction, output_columns, write_predictions
 from ..zipfiles import UPLOAD, extract_zip
+from .uploads import KEEP_UPLOADS_S, Uploads
 
 BANNER = (
     "**Research software, not a medical device.** The answer below is a model's guess on one "
@@ -94,17 +96,6 @@ def _public(value: Any, key: str = "") -> Any:
 def public_card(card: Any) -> dict[str, Any]:
     """The card's JSON as the page shows it: paths on the server reduced to their last part."""
     return _public(card.model_dump(mode="json"))
-
-
-def forget(*paths: str | Path | None) -> None:
-    """Delete uploaded files (and the folder Gradio made for each, once empty)."""
-    for p in paths:
-        if p is None:
-            continue
-        path = Path(p)
-        path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # not empty, or already gone
-            path.parent.rmdir()
 
 
 def _scrubbed(pred: Prediction, path: str) -> Prediction:
@@ -206,7 +197,7 @@ def _enlarged(image: Image.Image) -> Image.Image:
     return image.resize((side, side * image.height // image.width), Image.Resampling.LANCZOS)
 
 
-def predict_one(classifier: XrayClassifier, path: str | None) -> OneImage:
+def predict_one(classifier: XrayClassifier, uploads: Uploads, path: str | None) -> OneImage:
     """The image tab: decision, class probabilities, the model's input and its Grad-CAM overlay.
 
     The file is decoded and run through the network once, by `predict`; the Grad-CAM (of
@@ -214,12 +205,11 @@ def predict_one(classifier: XrayClassifier, path: str | None) -> OneImage:
     """
     if path is None:
         return "Upload an X-ray (JPEG, PNG, TIFF or DICOM).", None, None, None
-    try:  # the hooks must see this request's pass alone: hold the model's lock around both
-        with classifier.exported.lock, ForwardCapture(classifier.exported.learner.model) as seen:
-            pred = _scrubbed(classifier.predict(path), path)
-            gray, cam = seen.explain() if pred.ok else (None, None)
-    finally:
-        forget(path)
+    model = classifier.exported.learner.model
+    # the hooks must see this request's pass alone: hold the model's lock around both
+    with uploads.using([path]), classifier.exported.lock, ForwardCapture(model) as seen:
+        pred = _scrubbed(classifier.predict(path), path)
+        gray, cam = seen.explain() if pred.ok else (None, None)
     if not pred.ok:
         gr.Warning(f"Could not read this file: {pred.error}")
         return decision_markdown(pred), None, None, None
@@ -234,14 +224,12 @@ def predict_one(classifier: XrayClassifier, path: str | None) -> OneImage:
     )
 
 
-def api_predict(classifier: XrayClassifier, path: str | None) -> dict[str, Any]:
+def api_predict(classifier: XrayClassifier, uploads: Uploads, path: str | None) -> dict[str, Any]:
     """The `predict` endpoint: one file in, `api_result` out, an error for a bad file."""
     if path is None:
         return api_result(Prediction(None, None, None, None, classifier.threshold, "no file sent"))
-    try:
+    with uploads.using([path]):
         return api_result(_scrubbed(classifier.predict(path), path))
-    finally:
-        forget(path)
 
 
 def _batch_inputs(paths: Sequence[str], work: Path) -> list[Path]:
@@ -258,7 +246,7 @@ def _batch_inputs(paths: Sequence[str], work: Path) -> list[Path]:
 
 
 def predict_batch(
-    classifier: XrayClassifier, paths: list[str] | None
+    classifier: XrayClassifier, uploads: Uploads, paths: list[str] | None
 ) -> Iterator[tuple[Rows, str | None]]:
     """The batch tab: a table of `predict --out` rows and the same as a CSV file.
 
@@ -269,27 +257,27 @@ def predict_batch(
     if not paths:
         yield [], None
         return
-    try:
-        with tempfile.TemporaryDirectory(prefix="pneumo-serve-") as tmp:
-            try:
-                files = _batch_inputs(paths, Path(tmp))
-            except PneumoError as e:
-                gr.Warning(str(e).replace(tmp, ""))
-                yield [], None
-                return
-            preds = [_scrubbed(p, str(p.file)) for p in classifier.predict_batch(files)]
-            forget(*paths)  # answered: the uploads go now (and in `finally` if this fails)
-            out = Path(tmp) / "predictions.csv"
-            write_predictions(preds, out)
-            columns = output_columns(classifier.card.classes)
-            yield [[p.row()[c] for c in columns] for p in preds], str(out)
-    finally:
-        forget(*paths)
+    with uploads.using(paths), tempfile.TemporaryDirectory(prefix="pneumo-serve-") as tmp:
+        try:
+            files = _batch_inputs(paths, Path(tmp))
+        except PneumoError as e:
+            gr.Warning(str(e).replace(tmp, ""))
+            yield [], None
+            return
+        preds = [_scrubbed(p, str(p.file)) for p in classifier.predict_batch(files)]
+        out = Path(tmp) / "predictions.csv"
+        write_predictions(preds, out)
+        columns = output_columns(classifier.card.classes)
+        yield [[p.row()[c] for c in columns] for p in preds], str(out)
 
 
-def build_app(classifier: XrayClassifier, card_path: Path | str) -> gr.Blocks:
-    """The Blocks app (not launched)."""
+def build_app(
+    classifier: XrayClassifier, card_path: Path | str, keep_uploads_s: float = KEEP_UPLOADS_S
+) -> gr.Blocks:
+    """The Blocks app (not launched); uploads are deleted `keep_uploads_s` after their answer."""
     card_path = Path(card_path)
+    uploads = Uploads(keep_uploads_s)
+    uploads.sweep_every(max(keep_uploads_s, 1.0))
     title = "pneumo-fastai: chest X-ray classifier"
     with gr.Blocks(title=title, delete_cache=CACHE_CLEANUP) as demo:
         gr.Markdown("# NORMAL vs PNEUMONIA, chest X-ray")
@@ -307,13 +295,13 @@ def build_app(classifier: XrayClassifier, card_path: Path | str) -> gr.Blocks:
                                 interactive=False, height=PANEL_PX,
                                 elem_id="gradcam")  # fmt: skip
             upload.change(
-                partial(predict_one, classifier),
+                partial(predict_one, classifier, uploads),
                 inputs=upload,
                 outputs=[decision, label, seen, heat],
                 api_visibility="private",
             )
         with gr.Tab("Batch"):
-            uploads = gr.File(
+            batch_files = gr.File(
                 label="X-rays or a zip of them", file_count="multiple", type="filepath",
                 file_types=[*FILE_TYPES, ".zip"], elem_id="batch-files",
             )  # fmt: skip
@@ -322,8 +310,8 @@ def build_app(classifier: XrayClassifier, card_path: Path | str) -> gr.Blocks:
             table = gr.Dataframe(headers=columns, label="Results", wrap=True)
             csv_file = gr.File(label="Download CSV", elem_id="batch-csv")
             run.click(
-                partial(predict_batch, classifier),
-                inputs=uploads,
+                partial(predict_batch, classifier, uploads),
+                inputs=batch_files,
                 outputs=[table, csv_file],
                 api_visibility="private",
             )
@@ -335,7 +323,7 @@ def build_app(classifier: XrayClassifier, card_path: Path | str) -> gr.Blocks:
         api_out = gr.JSON(visible=False)
         api_go = gr.Button(visible=False)
         api_go.click(
-            partial(api_predict, classifier), inputs=api_file, outputs=api_out,
+            partial(api_predict, classifier, uploads), inputs=api_file, outputs=api_out,
             api_name="predict",
         )  # fmt: skip
     return demo

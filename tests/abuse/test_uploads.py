@@ -11,6 +11,7 @@ import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from ..helpers.data import write_image
 
 pytest.importorskip("gradio", reason="serve needs the [serve] extra")
 from pneumo_fastai.serve import app  # after the skip, for when Gradio is missing
+from pneumo_fastai.serve.uploads import Uploads
 
 SMALL = ZipLimits(max_bytes=1 << 20, max_entries=50)
 
@@ -99,7 +101,7 @@ def test_serve_answers_a_zip_bomb_with_a_message_and_keeps_nothing(
     locked = _sent(_encrypted(tmp_path / "locked.zip"), uploads)
     for upload, expected in ((bomb, "bytes, more than"), (locked, "encrypted")):
         with pytest.warns(UserWarning, match=expected) as shown:
-            answer = list(app.predict_batch(classifier, [upload]))
+            answer = list(app.predict_batch(classifier, Uploads(0), [upload]))
         assert answer == [([], None)]
         assert str(uploads) not in str(shown[0].message) and str(work) not in str(shown[0].message)
     assert list(work.iterdir()) == [] and list(uploads.rglob("*")) == []
@@ -133,8 +135,10 @@ def test_parallel_requests_take_turns_on_the_network_and_get_the_sequential_answ
     model.forward = watched
     try:
         with ThreadPoolExecutor(4) as pool:
-            api = [pool.submit(app.api_predict, classifier, _sent(p, uploads)) for p in images * 4]
-            one = [pool.submit(app.predict_one, classifier, _sent(p, uploads)) for p in images]
+            api_predict = partial(app.api_predict, classifier, Uploads(0))
+            predict_one = partial(app.predict_one, classifier, Uploads(0))
+            api = [pool.submit(api_predict, _sent(p, uploads)) for p in images * 4]
+            one = [pool.submit(predict_one, _sent(p, uploads)) for p in images]
             answers = [f.result() for f in api]
             shown = [f.result() for f in one]
     finally:
@@ -157,6 +161,6 @@ def test_the_page_and_the_answers_show_no_server_path(classifier, tmp_path):
     uploads = tmp_path / "uploads"
     uploads.mkdir()
     (bad := tmp_path / "bad.png").write_bytes(b"not an image")
-    answer = app.api_predict(classifier, sent := _sent(bad, uploads))
+    answer = app.api_predict(classifier, Uploads(0), sent := _sent(bad, uploads))
     assert answer["error"] and str(Path(sent).parent) not in answer["error"]
     assert not Path(sent).exists() and app.CACHE_CLEANUP[1] <= 3600

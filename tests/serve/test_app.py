@@ -24,6 +24,7 @@ from ..helpers.data import write_image
 
 pytest.importorskip("gradio", reason="the web demo needs the [serve] extra")
 from pneumo_fastai.serve import app  # after the skip, for when Gradio is missing
+from pneumo_fastai.serve.uploads import Uploads
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # `subtype_export` makes them slow
 
@@ -55,7 +56,7 @@ def _shown_overlay(classifier: XrayClassifier, path: Path, target) -> np.ndarray
 
 
 def test_the_gradcam_panel_explains_pneumonia_not_bacteria_on_a_three_class_model(classifier, xray):
-    *_, heat = app.predict_one(classifier, _sent(xray))
+    *_, heat = app.predict_one(classifier, Uploads(0), _sent(xray))
     shown = np.asarray(heat, dtype=float)
     pneumonia = _shown_overlay(classifier, xray, target=(1, 2))  # BACTERIA and VIRUS as one
     bacteria = _shown_overlay(classifier, xray, target=1)
@@ -86,7 +87,7 @@ def test_one_upload_is_decoded_once_and_run_through_the_network_once(classifier,
     body = classifier.exported.learner.model[0]
     hook = body.register_forward_hook(lambda *_: forwards.append(1))
     try:
-        decision, probs, seen, heat = app.predict_one(classifier, _sent(xray))
+        decision, probs, seen, heat = app.predict_one(classifier, Uploads(0), _sent(xray))
     finally:
         hook.remove()
     assert len(decodes) == 1 and len(forwards) == 1
@@ -98,7 +99,7 @@ def test_one_upload_is_decoded_once_and_run_through_the_network_once(classifier,
 
 
 def test_the_pictures_are_shown_at_a_readable_size(classifier, xray):
-    _, _, seen, heat = app.predict_one(classifier, _sent(xray))
+    _, _, seen, heat = app.predict_one(classifier, Uploads(0), _sent(xray))
     assert classifier.size < app.DISPLAY_PX
     assert seen.size == heat.size == (app.DISPLAY_PX, app.DISPLAY_PX)
 
@@ -106,7 +107,7 @@ def test_the_pictures_are_shown_at_a_readable_size(classifier, xray):
 def test_an_unreadable_upload_is_a_message_and_no_pictures(classifier, tmp_path):
     (bad := tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.warns(UserWarning, match="Could not read this file"):  # gr.Warning, off a page
-        decision, probs, seen, heat = app.predict_one(classifier, str(bad))
+        decision, probs, seen, heat = app.predict_one(classifier, Uploads(0), str(bad))
     assert decision.startswith("**Could not read this file:**")
     assert probs is None and seen is None and heat is None
 
@@ -146,7 +147,7 @@ def test_batch_requests_leave_nothing_behind_and_the_csv_is_complete(
             zf.write(f, f"inner/{f.name}")
     for _ in range(3):
         rows, text = _like_gradio(
-            app.predict_batch(classifier, [_sent(f) for f in [*files, archive]])
+            app.predict_batch(classifier, Uploads(0), [_sent(f) for f in [*files, archive]])
         )
         assert len(rows) == 5
         table = list(csv.DictReader(io.StringIO(text)))

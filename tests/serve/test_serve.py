@@ -17,6 +17,7 @@ import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
@@ -35,6 +36,7 @@ gradio_client = pytest.importorskip("gradio_client", reason="gradio_client comes
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 CHROMIUM = Path("/usr/bin/chromium")
 MAX_FILE_MB = 0.5
+KEEP_UPLOADS_S = 2.0
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -70,7 +72,8 @@ def server(served_export: Path, server_temp: Path):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(server_temp)}
     cmd = [sys.executable, "-m", "pneumo_fastai.cli", "serve", str(served_export),
-           "--port", str(port), "--max-file-mb", str(MAX_FILE_MB)]  # fmt: skip
+           "--port", str(port), "--max-file-mb", str(MAX_FILE_MB),
+           "--keep-uploads", str(KEEP_UPLOADS_S)]  # fmt: skip
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
@@ -130,6 +133,46 @@ def test_an_upload_over_the_limit_is_refused_before_it_is_read(client, tmp_path)
     big.write_bytes(xray().read_bytes() + b"\0" * int(MAX_FILE_MB * 1.5 * 2**20))
     with pytest.raises(Exception, match=r"(?i)size|large|exceed"):
         client.predict(gradio_client.handle_file(str(big)), api_name="/predict")
+
+
+def _uploads_left(folder: Path, names: set[str], timeout: float) -> list[Path]:
+    """Files named `names` still under `folder` once `timeout` seconds have passed (or none)."""
+    deadline = time.monotonic() + timeout
+    while (left := [p for p in folder.rglob("*") if p.name in names]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    return left
+
+
+def test_concurrent_clients_sending_the_same_files_get_predicts_answers(
+    server, served_export, server_temp, tmp_path
+):
+    """Issue 30's load, small: clients at once, the same bytes sent by several (Gradio keeps one
+    copy of them), a hostile file among them; every answer is `predict`'s, and the uploads go."""
+    files = [xray(n) for n in (3, 4)]
+    expected = {f: expected_for(served_export, f) for f in files}
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header(20_000, 20_000))
+
+    def client_run(k: int) -> list[tuple[Path, dict]]:
+        client = gradio_client.Client(server, verbose=False)
+        sent = [files[(k + i) % 2] for i in range(3)] + ([bomb] if k == 0 else [])
+        return [(f, client.predict(gradio_client.handle_file(str(f)), api_name="/predict"))
+                for f in sent]  # fmt: skip
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = [a for run in pool.map(client_run, range(4)) for a in run]
+    assert len(answers) == 13
+    for f, out in answers:
+        if f == bomb:
+            assert out["probability"] is None and "too large" in out["error"]
+            continue
+        assert out["error"] is None, out
+        assert out["probability"] == pytest.approx(expected[f].probability, abs=1e-5)
+        assert out["prediction"] == expected[f].label
+    names = {f.name for f in [*files, bomb]}
+    assert _uploads_left(server_temp, names, timeout=4 * KEEP_UPLOADS_S + 10) == []
 
 
 def small_png(path: Path) -> None:
