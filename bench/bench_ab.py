@@ -37,9 +37,8 @@ from pathlib import Path
 from benchlib import REPO, SHARED_DATA, load_average, machine_line, median, print_table, spread
 
 from pneumo_fastai.config import TrainConfig
-from pneumo_fastai.data.layout import discover
 from pneumo_fastai.data.names import label_of
-from pneumo_fastai.data.split import SeededSplitter, limit_per_class
+from pneumo_fastai.data.select import select, training_split
 from pneumo_fastai.device import cpu_has_bf16
 
 
@@ -58,11 +57,9 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 def write_split(data: Path, limit: int | None, seed: int, out: Path) -> tuple[int, int]:
     """The files our `train` will use, split as it will split them, as plain_loop.py's JSON."""
-    config = TrainConfig(seed=seed)
-    files = list(discover(data).files)
-    if limit is not None:
-        files = limit_per_class(files, limit, seed)
-    train_idx, valid_idx = SeededSplitter(config.valid_pct, seed, config.split)(files)
+    chosen = select(TrainConfig(data=data, seed=seed, limit=limit))
+    files = chosen.files
+    train_idx, valid_idx = training_split(chosen.config)(files)
     rows = {
         name: [[str(files[i]), int(label_of(files[i]) == "PNEUMONIA")] for i in idxs]
         for name, idxs in (("train", train_idx), ("valid", valid_idx))

@@ -9,7 +9,8 @@ zeros in a ~1 MB zip), a file over `--max-file-mb`, a DICOM whose preamble is an
 a PNG that declares 20000 x 20000 pixels. It checks every X-ray's answer against
 `load_model(...).predict` of the same file (probability within 1e-5, same label), that every
 hostile file got an error answer or a refusal and the server went on answering, the server's
-RSS before and after (issue 30: back within 100 MB), and the files left under its TMPDIR.
+RSS before and after (issue 30: back within 100 MB), and the files left under its TMPDIR once
+the uploads' time (`--keep-uploads`, 5 s here) is up.
 Network traffic goes to 127.0.0.1 only.
 """
 
@@ -30,6 +31,7 @@ from gradio_client import Client, handle_file
 from pneumo_fastai import load_model
 
 MAX_FILE_MB = 8.0
+KEEP_UPLOADS_S = 5.0  # the server's --keep-uploads: short, so that what it kept can be counted
 
 
 def hostile_files(folder: Path) -> dict[str, Path]:
@@ -85,7 +87,8 @@ def run(args: argparse.Namespace, concurrency: int, xrays: list[Path], reference
     tmp = Path(tempfile.mkdtemp(prefix="serve-abuse-"))
     env = {**os.environ, "TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio")}
     hostile = hostile_files(Path(tempfile.mkdtemp(prefix="hostile-")))
-    options = ["--concurrency", str(concurrency), "--max-file-mb", str(MAX_FILE_MB)]
+    options = ["--concurrency", str(concurrency), "--max-file-mb", str(MAX_FILE_MB),
+               "--keep-uploads", str(KEEP_UPLOADS_S)]  # fmt: skip
     with serving(args.model, *options, env=env) as (server, url):
         before = rss_mb(server.pid)
 
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace, concurrency: int, xrays: list[Path], reference
             results = [r for rs in pool.map(client_run, range(args.clients)) for r in rs]
         wall = time.perf_counter() - start
         still = Client(url, verbose=False).predict(handle_file(str(xrays[0])), api_name="/predict")
-        time.sleep(2)
+        time.sleep(2 * KEEP_UPLOADS_S + 2)  # the uploads' time is up, and the sweep has run
         after = rss_mb(server.pid)
     kept = [p for p in tmp.rglob("*") if p.is_file()]
     uploads = [p for p in kept if p.suffix.lower() in (".png", ".jpeg", ".jpg", ".dcm", ".zip")]

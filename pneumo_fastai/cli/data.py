@@ -104,7 +104,8 @@ def check(
     from .render import print_dataset_report
 
     console = Console(soft_wrap=True)  # long paths stay whole, copy-pasteable
-    report = check_dataset(path, quick=quick, seed=seed, valid_pct=valid_pct, progress=True)
+    config = TrainConfig(seed=seed, valid_pct=valid_pct)
+    report = check_dataset(path, quick=quick, config=config, progress=True)
     print_dataset_report(report, console)
     if json_file is not None:
         console.print(f"Report written to {report.write_json(json_file)}", highlight=False)

@@ -37,7 +37,7 @@ from .cache import fill_cache, should_cache
 from .images import load_xray, load_xray_bytes, to_gray8
 from .names import label_fn
 from .preprocess import Preprocessing, preprocessing
-from .split import SeededSplitter
+from .select import training_split
 
 
 class XrayImage(PILImage):
@@ -139,14 +139,7 @@ def xray_datablock(
         ),
         get_y=label_fn(config.task),
         item_tfms=[*item_transforms(config), *random_crops(config)],
-        splitter=SeededSplitter(
-            config.valid_pct,
-            config.splitting_seed,
-            config.split,
-            config.folds,
-            config.fold or 0,
-            config.task,
-        ),
+        splitter=training_split(config),
         batch_tfms=batch_transforms(config),
     )
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import CLASSES, SUBTYPES, SplitMode, TrainConfig
+from ..config import CLASSES, SUBTYPES, TrainConfig
 from ..data.images import ImageCheck, check_images
 from ..data.layout import (
     IMAGE_KINDS,
@@ -34,7 +34,7 @@ from ..data.layout import (
     resolve_root,
 )
 from ..data.names import label_of, patient_id, subtype_of
-from ..data.split import SeededSplitter
+from ..data.select import Selection, select, training_split
 from ..errors import DataError
 from ..fileio import write_text_atomic
 
@@ -85,6 +85,7 @@ class DatasetReport:
     split_preview: dict[str, Any] = field(default_factory=dict)  # what the training split does
     problems: list[str] = field(default_factory=list)  # fatal: training would be unsound
     warnings: list[str] = field(default_factory=list)  # worth knowing, not fatal
+    selection: Selection | None = field(default=None, repr=False)  # what training would use
 
     @property
     def ok(self) -> bool:
@@ -158,9 +159,7 @@ def _without_pixels(check: ImageCheck) -> tuple[ImageCheck, str | None]:
 def check_dataset(
     path: Path | str,  # dataset folder (or its parent holding chest_xray/)
     quick: bool = False,  # headers only: skip pixel decoding and duplicate search
-    seed: int = _DEFAULTS.seed,  # seed of the training split to preview
-    valid_pct: float = _DEFAULTS.valid_pct,  # validation fraction of that split
-    split: SplitMode = _DEFAULTS.split,  # split mode whose leaks become warnings
+    config: TrainConfig = _DEFAULTS,  # the training whose selection and split to preview
     progress: bool = False,  # show a progress bar while reading
 ) -> DatasetReport:
     """Inspect a dataset in the Kaggle layout and say whether training on it is sound."""
@@ -186,7 +185,8 @@ def check_dataset(
     _check_patients(report, images)
     _count_subtypes(report, images)
     if not report.problems:
-        _preview_split(report, images, seed, valid_pct, split)
+        report.selection = select(config.replace(data=root))
+        _preview_split(report, report.selection)
     return report
 
 
@@ -340,22 +340,18 @@ def _count_subtypes(report: DatasetReport, images: dict[str, list[Path]]) -> Non
     report.mixed_patients = {"pneumonia_patients": len(kinds), "with_both": both}
 
 
-def _preview_split(
-    report: DatasetReport,
-    images: dict[str, list[Path]],
-    seed: int,
-    valid_pct: float,
-    split: SplitMode,
-) -> None:
-    """Run the training splitter (both modes) and count duplicates and patients it separates."""
-    files = sorted(
-        (f for s in TRAIN_SPLITS for f in images.get(s, [])), key=lambda f: _rel(report, f)
-    )
+def _preview_split(report: DatasetReport, selection: Selection) -> None:
+    """Split the images the training selects as it will, and in the other mode; count the
+    duplicate groups and patients each split puts on both sides."""
+    config, files = selection.config, selection.files
     rels = [_rel(report, f) for f in files]
     groups = [g.files for g in report.duplicates]
-    preview: dict[str, Any] = {"seed": seed, "valid_pct": valid_pct, "mode": split}
+    preview: dict[str, Any] = {
+        "seed": config.splitting_seed, "valid_pct": config.valid_pct, "mode": config.split,
+        "images": len(files),
+    }  # fmt: skip
     for mode in ("patient", "image"):
-        train_idx, valid_idx = SeededSplitter(valid_pct, seed, mode)(files)
+        train_idx, valid_idx = training_split(config.replace(split=mode))(files)
         side = dict.fromkeys((rels[i] for i in valid_idx), "valid")
         side.update(dict.fromkeys((rels[i] for i in train_idx), "train"))
         sides_of_patient: dict[str, set[str]] = defaultdict(set)
@@ -369,6 +365,7 @@ def _preview_split(
             "duplicate_groups_straddling": None if report.quick else straddling,
         }
     report.split_preview = preview
+    split, seed, valid_pct = config.split, config.splitting_seed, config.valid_pct
     chosen = preview[split]
     if chosen["duplicate_groups_straddling"]:
         report.warnings.append(

@@ -34,7 +34,8 @@ from ..data.layout import (
     list_split,
     relative_name,
 )
-from ..data.names import has_patient_id, label_fn, label_of, patient_id, subtype_of
+from ..data.names import has_patient_id, label_fn, label_of, patient_id
+from ..data.select import task_files
 from ..errors import DataError, ModelFileError, PneumoError
 from ..figures.metrics import choose_threshold, multiclass_summary, summarize
 from ..fileio import sha256_file
@@ -274,10 +275,7 @@ def run_test_set(
     points = operating_points(exported, target_sensitivity)
     listed = load_test_set(find_test_folder(data, test), progress)
     classifier = XrayClassifier(exported)
-    candidates, unlabelled = list(listed.files), []
-    if exported.card.task == "subtype":
-        unlabelled = [f for f in candidates if subtype_of(f) is None]
-        candidates = [f for f in candidates if subtype_of(f) is not None]
+    candidates, unlabelled = task_files(listed.files, exported.card.task)
     preds = _predict_all(classifier, candidates, bs, tta=False, progress=progress)
     failed = [SkippedFile(Path(p.file), p.error) for p in preds if not p.ok]
     failed += [SkippedFile(f, "its name says neither bacteria nor virus") for f in unlabelled]

@@ -34,10 +34,9 @@ from ..card import (
 )
 from ..config import TrainConfig
 from ..data.block import build_dataloaders, uses_cache
-from ..data.exclude import Exclusions, read_exclusions
-from ..data.layout import TRAIN_SPLITS, DatasetFiles, discover, relative_name
-from ..data.names import label_fn, subtype_of
-from ..data.split import limit_per_class
+from ..data.layout import TRAIN_SPLITS, DatasetFiles, relative_name
+from ..data.names import label_fn
+from ..data.select import Selection
 from ..datatools.check import check_dataset
 from ..device import ComputePlan, resolve_compute, resolve_device
 from ..errors import DataError, PneumoError
@@ -132,17 +131,11 @@ def speed_callbacks(plan: ComputePlan) -> list[Callback]:
 _SEE_CHECK = " (`pneumo-fastai data check PATH` shows the full report.)"
 
 
-def training_files(config: TrainConfig, log: Log) -> tuple[DatasetFiles, list[Path]]:
-    """Discover, sanity-check and optionally subsample the training images."""
+def training_files(config: TrainConfig, log: Log) -> Selection:
+    """Check the dataset folder, then select the images `config` trains on (`data.select`)."""
     if config.data is None:
         raise DataError("No dataset given: pass --data PATH or set PNEUMO_DATA.")
-    report = check_dataset(
-        config.data,
-        quick=True,
-        seed=config.splitting_seed,
-        valid_pct=config.valid_pct,
-        split=config.split,
-    )
+    report = check_dataset(config.data, quick=True, config=config)
     if report.problems:
         raise DataError(" ".join(report.problems) + _SEE_CHECK)
     bad = [
@@ -157,38 +150,10 @@ def training_files(config: TrainConfig, log: Log) -> tuple[DatasetFiles, list[Pa
         )
     for warning in report.warnings:
         log(f"Note: {warning}")
-    ds = discover(report.root)
-    if ds.skipped:
-        shown = ", ".join(p.name for p in ds.skipped[:5])
-        log(f"Skipping {len(ds.skipped)} non-image file(s) in the class folders: {shown}")
-    files = list(ds.files)
-    if config.task == "subtype":
-        unknown = [f for f in files if subtype_of(f) is None]
-        if unknown:
-            shown = ", ".join(f.name for f in unknown[:5])
-            log(
-                f"Leaving out {len(unknown)} PNEUMONIA file(s) whose name says neither bacteria "
-                f"nor virus (never guessed): {shown}"
-            )
-            files = [f for f in files if subtype_of(f) is not None]
-    if config.exclude is not None:
-        files = _without_excluded(files, ds, read_exclusions(config.exclude), log)
-    if config.limit is not None:
-        files = limit_per_class(files, config.limit, config.splitting_seed)
-    return ds, files
-
-
-def _without_excluded(
-    files: list[Path], ds: DatasetFiles, listed: Exclusions, log: Log
-) -> list[Path]:
-    kept = [f for f in files if relative_name(f, ds.root) not in listed.files]
-    unknown = len(listed.files) - (len(files) - len(kept))
-    log(
-        f"Leaving out {len(files) - len(kept)} training image(s) listed in {listed.path}"
-        + (f" ({unknown} listed name(s) are not in {ds.root})" if unknown else "")
-        + "."
-    )
-    return kept
+    selection = report.selection
+    for note in selection.notes:
+        log(note)
+    return selection
 
 
 def validation_figures(
@@ -404,9 +369,9 @@ def train(
     log = log if main else _silent
     phases = Phases()
     with phases("check"):
-        ds, files = training_files(config, log)
+        chosen = training_files(config, log)
     with phases("setup"):  # weights, loaders (and the cache fill), learner
-        built = _build(config, files, ds, progress and main)
+        built = _build(config, chosen.files, chosen.dataset, progress and main)
     with distributed_run(config.exports, built.device, config.sync_bn) as run:
         done = _fit(config, built, run, phases, log, cbs)
         card = run.share(_export(done) if run.is_main else None)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pneumo_fastai.cli.render import print_dataset_report
+from pneumo_fastai.config import TrainConfig
 from pneumo_fastai.data.split import image_split
 from pneumo_fastai.datatools.check import check_dataset
 from pneumo_fastai.errors import DataError
@@ -168,7 +169,7 @@ def test_split_preview_counts_duplicates_on_both_sides(tmp_path):
         for n in (1, 2):
             _img(root / "train" / "NORMAL" / f"IM-{k:04d}-{n:04d}.jpeg", 1000 + k)
             _img(root / "train" / "PNEUMONIA" / f"person{k}_bacteria_{n}.jpeg", 2000 + k)
-    report = check_dataset(root, seed=3, valid_pct=0.3)
+    report = check_dataset(root, config=TrainConfig(seed=3, valid_pct=0.3))
     assert report.duplicate_summary()["groups"] == 24
     patient = report.split_preview["patient"]
     assert patient["duplicate_groups_straddling"] == 0 and patient["patients_straddling"] == 0
