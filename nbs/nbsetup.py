@@ -69,6 +69,7 @@ S = QUICK_SETTINGS if QUICK else REAL
 MODE = "quick" if QUICK else "real"
 
 DATA = Path(os.environ.get("PNEUMO_DATA") or NBS / "../../shared/data/chest_xray").resolve()
+SITE = DATA.parent / "official_test_a"  # half A of the official test split: a new site (03)
 WORK = Path(
     os.environ.get("PNEUMO_NB_WORK") or Path(tempfile.gettempdir()) / "pneumo-fastai-nbs" / MODE
 )

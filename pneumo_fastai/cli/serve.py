@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from ..errors import PneumoError
-from ..serve.uploads import KEEP_UPLOADS_S
 from .options import DeviceOpt, ModelArg, PickleOpt, PrecisionOpt
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -33,15 +32,6 @@ def serve_command(
     concurrency: Annotated[
         int, typer.Option(min=1, help="Requests processed at once; the others wait in a queue.")
     ] = 2,
-    keep_uploads: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            help="Seconds an upload (X-ray, DICOM, zip) is kept after its answer. Requests that "
-            "send the same file share one copy, so a duplicate waiting longer than this in the "
-            "queue fails; 0 deletes at once.",
-        ),
-    ] = KEEP_UPLOADS_S,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     trust_pickle: PickleOpt = False,
@@ -59,9 +49,12 @@ def serve_command(
             "`pneumo-fastai serve` needs Gradio, an optional extra: pip install -e '.[serve]' "
             "(or pip install 'pneumo-fastai[serve]')."
         ) from e
+    from starlette.middleware import Middleware
+
     from ..card import card_path_of
     from ..inference.predict import load_model
     from ..serve.app import THEME, build_app
+    from ..serve.uploads import CountUploads, Uploads
 
     if host not in LOCAL_HOSTS:
         typer.secho(
@@ -71,7 +64,9 @@ def serve_command(
             err=True,
         )
     classifier = load_model(model, trust_pickle=trust_pickle, device=device, precision=precision)
-    demo = build_app(classifier, card_path_of(model), keep_uploads)
+    uploads = Uploads()
+    uploads.sweep_every(60.0)
+    demo = build_app(classifier, card_path_of(model), uploads)
     demo.queue(default_concurrency_limit=concurrency, max_size=64).launch(
         server_name=host,
         server_port=port,
@@ -80,4 +75,5 @@ def serve_command(
         theme=THEME,
         ssr_mode=False,
         show_error=True,
+        app_kwargs={"middleware": [Middleware(CountUploads, uploads=uploads)]},
     )

@@ -13,16 +13,15 @@ Grad-CAM (`evaluation.gradcam`) and its result rows (`inference.results`). Tabs:
   included) beside its Grad-CAM of P(PNEUMONIA); one decode and one forward pass per upload;
 - batch: several files or a zip; a table with the columns of `predict --out` and a CSV;
 - the model card's essentials.
-The `predict` API endpoint takes one file and returns the JSON of `api_result`. A bad upload is an
-error message (and `error` in the API), never a crash; the next request works. Each upload (X-rays,
-DICOMs with their patient data, zips) is deleted from Gradio's cache `keep_uploads_s` (a minute by
-default) after its answer, by `uploads.Uploads` (requests that send the same bytes share Gradio's
-one copy, so it waits for a duplicate still in the queue), and a zip is extracted within
-`zipfiles.UPLOAD`'s caps into a folder removed with the request. What Gradio keeps is the answers
-it sends (the batch CSV, the pictures shown), deleted an hour after they were made
-(`CACHE_CLEANUP`). The page shows no server path: the card is shown with every path reduced to its
-last part (`public_card`). Requests share one network: `ExportedModel.lock` makes them take turns
-on it, whatever `--concurrency` allows.
+The `predict` API endpoint takes one file and returns the JSON of `api_result`. A bad upload is
+an error message (and `error` in the API), never a crash; the next request works. Each upload
+(X-rays, DICOMs with their patient data, zips) is deleted from Gradio's cache once the last request
+that was sent it is answered (`uploads.Uploads`: requests that send the same bytes share Gradio's
+one copy), and a zip is extracted within `zipfiles.UPLOAD`'s caps into a folder removed with the
+request. What Gradio keeps is the answers it sends (the batch CSV, the pictures shown), deleted an
+hour after they were made (`CACHE_CLEANUP`). The page shows no server path: the card is shown with
+every path reduced to its last part (`public_card`). Requests share one network:
+`ExportedModel.lock` makes them take turns on it, whatever `--concurrency` allows.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ from ..inference.inputs import expand_inputs
 from ..inference.predict import XrayClassifier
 from ..inference.results import Prediction, output_columns, write_predictions
 from ..zipfiles import UPLOAD, extract_zip
-from .uploads import KEEP_UPLOADS_S, Uploads
+from .uploads import Uploads
 
 BANNER = (
     "**Research software, not a medical device.** The answer below is a model's guess on one "
@@ -272,12 +271,12 @@ def predict_batch(
 
 
 def build_app(
-    classifier: XrayClassifier, card_path: Path | str, keep_uploads_s: float = KEEP_UPLOADS_S
+    classifier: XrayClassifier, card_path: Path | str, uploads: Uploads | None = None
 ) -> gr.Blocks:
-    """The Blocks app (not launched); uploads are deleted `keep_uploads_s` after their answer."""
+    """The Blocks app (not launched); `uploads` decides when an upload is deleted (give it the
+    upload route's counts with `CountUploads`, as `serve` does)."""
     card_path = Path(card_path)
-    uploads = Uploads(keep_uploads_s)
-    uploads.sweep_every(max(keep_uploads_s, 1.0))
+    uploads = Uploads() if uploads is None else uploads
     title = "pneumo-fastai: chest X-ray classifier"
     with gr.Blocks(title=title, delete_cache=CACHE_CLEANUP) as demo:
         gr.Markdown("# NORMAL vs PNEUMONIA, chest X-ray")

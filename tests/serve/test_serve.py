@@ -36,7 +36,6 @@ gradio_client = pytest.importorskip("gradio_client", reason="gradio_client comes
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 CHROMIUM = Path("/usr/bin/chromium")
 MAX_FILE_MB = 0.5
-KEEP_UPLOADS_S = 2.0
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -72,8 +71,7 @@ def server(served_export: Path, server_temp: Path):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(server_temp)}
     cmd = [sys.executable, "-m", "pneumo_fastai.cli", "serve", str(served_export),
-           "--port", str(port), "--max-file-mb", str(MAX_FILE_MB),
-           "--keep-uploads", str(KEEP_UPLOADS_S)]  # fmt: skip
+           "--port", str(port), "--max-file-mb", str(MAX_FILE_MB)]  # fmt: skip
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
@@ -172,7 +170,7 @@ def test_concurrent_clients_sending_the_same_files_get_predicts_answers(
         assert out["probability"] == pytest.approx(expected[f].probability, abs=1e-5)
         assert out["prediction"] == expected[f].label
     names = {f.name for f in [*files, bomb]}
-    assert _uploads_left(server_temp, names, timeout=4 * KEEP_UPLOADS_S + 10) == []
+    assert _uploads_left(server_temp, names, timeout=10) == []
 
 
 def small_png(path: Path) -> None:
