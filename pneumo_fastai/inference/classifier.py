@@ -79,11 +79,12 @@ class Classifier:
         return Prediction(file, p, label, argmax, self.threshold, None, *ood, per_class)
 
     def _ood(self, decoded: Decoded, score: float | None) -> OodAnswer:
-        """(flagged, score, reason) of one decoded image; all None without an OOD check."""
-        if self.ood is None:
-            return None, None, None
+        """(flagged, score, reason) of one decoded image. The input checks (transparency, size,
+        colour) run for every export; without an OOD check a clean image's answer is all None."""
         if decoded.problem is not None:
             return True, score, decoded.problem
+        if self.ood is None:
+            return None, None, None
         if score > self.ood.threshold:
             limit = self.ood.threshold
             return True, score, f"features unlike the training X-rays ({score:.4g} > {limit:.4g})"
@@ -98,15 +99,15 @@ class Classifier:
         """A `Prediction` for each item, in order, computed a chunk of batches at a time."""
         if bs < 1:
             raise ValueError(f"bs must be >= 1, got {bs}")
-        checks = self.ood is not None
+        features = self.ood is not None
         n = max(bs * BATCHES_PER_CHUNK, MIN_CHUNK)
-        for chunk in decode_chunks(items, self.size, n, checks=checks):
+        for chunk in decode_chunks(items, self.size, n, checks=True):
             decoded = [r for _, r in chunk if isinstance(r, Decoded)]
             probs, scores = iter(()), iter(())
             if decoded:
-                p, feats = self.outputs([d.image for d in decoded], bs, tta, checks)
+                p, feats = self.outputs([d.image for d in decoded], bs, tta, features)
                 probs = iter(p if self.shift is None else self.shift.apply(p))
-                scores = iter(self.ood.scores(feats) if checks else [None] * len(decoded))
+                scores = iter(self.ood.scores(feats) if features else [None] * len(decoded))
             for item, result in chunk:
                 if isinstance(result, Decoded):
                     ood = self._ood(result, next(scores))

@@ -70,6 +70,21 @@ def test_a_translucent_xray_is_flagged(tmp_path):
     assert read_item(opaque, 64, checks=True).problem is None
 
 
+def test_an_export_without_an_ood_check_still_reports_translucency(
+    classifier, tmp_path, monkeypatch
+):
+    gray = Image.fromarray((gradient_xray(5) * 255).astype(np.uint8))
+    Image.merge("RGBA", [gray, gray, gray, Image.new("L", gray.size, 128)]).save(
+        half := tmp_path / "half.png"
+    )
+    gray.save(clean := tmp_path / "clean.png")
+    monkeypatch.setattr(classifier, "ood", None)  # as an export trained with --no-ood
+    flagged, plain = classifier.predict_batch([half, clean])
+    assert flagged.ok and flagged.ood is True and flagged.ood_score is None
+    assert "transparent" in flagged.ood_reason
+    assert plain.ok and (plain.ood, plain.ood_score, plain.ood_reason) == (None, None, None)
+
+
 MEASURE = textwrap.dedent(
     """
     import resource, sys
