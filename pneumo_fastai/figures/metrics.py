@@ -34,37 +34,14 @@ from ..config import CLASSES, SUBTYPES
 
 ECE_BINS = 15
 COUNT_NAMES: tuple[str, ...] = ("tn", "fp", "fn", "tp", "support_normal", "support_pneumonia")
-RATE_NAMES: tuple[str, ...] = (
-    "accuracy",
-    "balanced_accuracy",
-    "sensitivity",
-    "specificity",
-    "ppv",
-    "npv",
-    "precision_normal",
-    "recall_normal",
-    "f1_normal",
-    "precision_pneumonia",
-    "recall_pneumonia",
-    "f1_pneumonia",
-    "roc_auc",
-    "average_precision",
-    "brier",
-    "ece",
-)
-HEADLINE_METRICS: tuple[str, ...] = (
-    "accuracy",
-    "balanced_accuracy",
-    "sensitivity",
-    "specificity",
-    "ppv",
-    "npv",
-    "f1_pneumonia",
-    "roc_auc",
-    "average_precision",
-    "brier",
-    "ece",
-)
+_DECISION = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv")
+_PER_CLASS = (
+    "precision_normal", "recall_normal", "f1_normal",
+    "precision_pneumonia", "recall_pneumonia", "f1_pneumonia",
+)  # fmt: skip
+_RANKING = ("roc_auc", "average_precision", "brier", "ece")
+RATE_NAMES: tuple[str, ...] = _DECISION + _PER_CLASS + _RANKING
+HEADLINE_METRICS: tuple[str, ...] = (*_DECISION, "f1_pneumonia", *_RANKING)  # the report's rows
 _CHUNK_ELEMENTS = 2_000_000  # bounds the resamples x samples weight matrix held at once
 
 
