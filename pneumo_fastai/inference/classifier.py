@@ -101,7 +101,7 @@ class Classifier:
             raise ValueError(f"bs must be >= 1, got {bs}")
         features = self.ood is not None
         n = max(bs * BATCHES_PER_CHUNK, MIN_CHUNK)
-        for chunk in decode_chunks(items, self.size, n, checks=True):
+        for chunk in decode_chunks(items, self.size, n):
             decoded = [r for _, r in chunk if isinstance(r, Decoded)]
             probs, scores = iter(()), iter(())
             if decoded:

@@ -30,7 +30,7 @@ _GLOB_CHARS = frozenset("*?[")
 
 @dataclass(frozen=True)
 class Decoded:
-    """An item decoded for the model, and what the cheap input checks found (when asked)."""
+    """An item decoded for the model, and what the cheap input checks found."""
 
     image: Image.Image  # mode "L", about `size` px (see `load_xray`)
     problem: str | None = None  # why it is unlike a chest radiograph (`ood_scores.input_problem`)
@@ -46,8 +46,9 @@ def translucency_problem(share: float) -> str | None:
     )
 
 
-def read_item(item: Item, size: int, checks: bool = False) -> Decoded | str:
-    """`item` decoded for a model of input `size` (and checked, with `checks`), or why it cannot.
+def read_item(item: Item, size: int) -> Decoded | str:
+    """`item` decoded for a model of input `size` and checked (`Decoded.problem`), or why it
+    cannot be read.
 
     Every file is decoded once: the checks use the decode's own colour preview, stored size
     and transparency, not a second read of the file.
@@ -55,15 +56,11 @@ def read_item(item: Item, size: int, checks: bool = False) -> Decoded | str:
     try:
         if isinstance(item, Image.Image):
             gray = to_gray8(item, size)
-            if not checks:
-                return Decoded(gray)
             alpha = translucency_problem(translucent_share(item))
             return Decoded(gray, alpha or input_problem(gray, item))
         check = check_image(item, decode=True, draft=size)
         if check.image is None:
             return check.reason or "unreadable"
-        if not checks:
-            return Decoded(check.image)
         problem = translucency_problem(check.translucent) or input_problem(
             check.image, check.preview, check.dims
         )
@@ -73,13 +70,13 @@ def read_item(item: Item, size: int, checks: bool = False) -> Decoded | str:
 
 
 def decode_chunks(
-    items: Iterable[Item], size: int, n: int, checks: bool = False
+    items: Iterable[Item], size: int, n: int
 ) -> Iterator[list[tuple[Item, Decoded | str]]]:
     """(item, `read_item` result) in chunks of `n`; the next chunk decodes while one is used."""
     pending: list[tuple[Item, Future]] = []
     with ThreadPoolExecutor(max(1, worker_count(beside_compute=True))) as pool:
         for item in items:
-            pending.append((item, pool.submit(read_item, item, size, checks)))
+            pending.append((item, pool.submit(read_item, item, size)))
             if len(pending) == 2 * n:
                 yield [(x, f.result()) for x, f in pending[:n]]
                 pending = pending[n:]

@@ -46,7 +46,7 @@ def test_a_dicom_with_an_eps_preamble_never_reaches_pils_eps_plugin(tmp_path, mo
         return real_open(fp, mode, formats)
 
     monkeypatch.setattr(Image, "open", spy)
-    decoded = read_item(dcm, 64, checks=True)  # predict and serve
+    decoded = read_item(dcm, 64)  # predict and serve
     header = check_image(dcm, decode=False)  # data check
     prepared = _prepare_one((str(dcm), "scan.dcm", str(tmp_path / "out.png"), 64))  # prepare
     assert isinstance(decoded, Decoded) and decoded.image.mode == "L"
@@ -64,10 +64,10 @@ def test_a_translucent_xray_is_flagged(tmp_path):
     rgba.save(path := tmp_path / "half.png")
     opaque = Image.merge("RGBA", [gray, gray, gray, Image.new("L", gray.size, 255)])
     for item in (path, rgba):
-        result = read_item(item, 64, checks=True)
+        result = read_item(item, 64)
         assert isinstance(result, Decoded)
         assert "100% of its pixels are transparent" in result.problem
-    assert read_item(opaque, 64, checks=True).problem is None
+    assert read_item(opaque, 64).problem is None
 
 
 def test_an_export_without_an_ood_check_still_reports_translucency(
@@ -90,7 +90,7 @@ MEASURE = textwrap.dedent(
     import resource, sys
     from pneumo_fastai.inference.inputs import read_item
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = read_item(sys.argv[1], 224, checks=True)
+    result = read_item(sys.argv[1], 224)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(type(result).__name__, (after - before) // 1024)
     """
