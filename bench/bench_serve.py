@@ -19,10 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchlib import SHARED_DATA, machine_line, rss_mb, same_answer, serving
+from benchlib import SHARED_DATA, machine_line, rss_mb, same_answer, serve_reference, serving
 from gradio_client import Client, handle_file
-
-from pneumo_fastai import load_model
 
 
 def main() -> None:
@@ -33,10 +31,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=SHARED_DATA)
     args = p.parse_args()
     print(machine_line())
-    files = sorted((args.data / "train" / "PNEUMONIA").iterdir())[:5]
-    files += sorted((args.data / "train" / "NORMAL").iterdir())[:5]
-    preds = load_model(args.model).predict_batch(files)
-    reference = {str(f): pred for f, pred in zip(files, preds, strict=True)}
+    files, reference = serve_reference(args.model, args.data)
     with serving(args.model) as (server, url):
         before = rss_mb(server.pid)
         peak, stop = [before], threading.Event()

@@ -155,3 +155,14 @@ def same_answer(answer: dict, reference) -> bool:
         and abs(answer["probability"] - reference.probability) <= 1e-5
         and answer["prediction"] == reference.label
     )
+
+
+def serve_reference(model: Path, data: Path) -> tuple[list[Path], dict]:
+    """The ten real X-rays the serve benches send (5 PNEUMONIA, 5 NORMAL of `data`'s train/), and
+    `load_model(model).predict_batch`'s `Prediction` of each, by path string."""
+    from pneumo_fastai import load_model
+
+    xrays = sorted((data / "train" / "PNEUMONIA").iterdir())[:5]
+    xrays += sorted((data / "train" / "NORMAL").iterdir())[:5]
+    preds = load_model(model).predict_batch(xrays)
+    return xrays, {str(f): pred for f, pred in zip(xrays, preds, strict=True)}

@@ -25,10 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from benchlib import SHARED_DATA, machine_line, rss_mb, same_answer, serving
+from benchlib import SHARED_DATA, machine_line, rss_mb, same_answer, serve_reference, serving
 from gradio_client import Client, handle_file
-
-from pneumo_fastai import load_model
 
 MAX_FILE_MB = 8.0
 
@@ -148,10 +146,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=SHARED_DATA)
     args = p.parse_args()
     print(machine_line())
-    xrays = sorted((args.data / "train" / "PNEUMONIA").iterdir())[:5]
-    xrays += sorted((args.data / "train" / "NORMAL").iterdir())[:5]
-    preds = load_model(args.model).predict_batch(xrays)
-    reference = {str(f): pred for f, pred in zip(xrays, preds, strict=True)}
+    xrays, reference = serve_reference(args.model, args.data)
     for concurrency in args.concurrency:
         run(args, concurrency, xrays, reference)
 

@@ -51,6 +51,13 @@ def training_split(config: TrainConfig) -> SeededSplitter:
     )  # fmt: skip
 
 
+def dataset_folder(config: TrainConfig) -> Path:
+    """`config.data`, or a clear error when no dataset was given."""
+    if config.data is None:
+        raise DataError("No dataset given: pass --data PATH or set PNEUMO_DATA.")
+    return Path(config.data)
+
+
 def _shown(files: Sequence[Path]) -> str:
     return ", ".join(f.name for f in files[:5])
 
@@ -59,9 +66,7 @@ def select(config: TrainConfig, dataset: DatasetFiles | None = None) -> Selectio
     """The images `config` trains on: `dataset` (else `config.data` discovered once), less the
     files its task cannot label and those `--exclude` lists, then `--limit` per class."""
     if dataset is None:
-        if config.data is None:
-            raise DataError("No dataset given: pass --data PATH or set PNEUMO_DATA.")
-        dataset = discover(config.data)
+        dataset = discover(dataset_folder(config))
     notes = []
     if dataset.skipped:
         notes.append(

@@ -36,7 +36,7 @@ from ..config import TrainConfig
 from ..data.block import build_dataloaders, uses_cache
 from ..data.layout import TRAIN_SPLITS, DatasetFiles, relative_name
 from ..data.names import label_fn
-from ..data.select import Selection
+from ..data.select import Selection, dataset_folder
 from ..datatools.check import check_dataset
 from ..device import ComputePlan, resolve_compute, resolve_device
 from ..errors import DataError, PneumoError
@@ -133,9 +133,7 @@ _SEE_CHECK = " (`pneumo-fastai data check PATH` shows the full report.)"
 
 def training_files(config: TrainConfig, log: Log) -> Selection:
     """Check the dataset folder, then select the images `config` trains on (`data.select`)."""
-    if config.data is None:
-        raise DataError("No dataset given: pass --data PATH or set PNEUMO_DATA.")
-    report = check_dataset(config.data, quick=True, config=config)
+    report = check_dataset(dataset_folder(config), quick=True, config=config)
     if report.problems:
         raise DataError(" ".join(report.problems) + _SEE_CHECK)
     bad = [
