@@ -83,6 +83,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "acquisition": {**DEFAULT, "acquisition": 0.5},
     "hist+acquisition": {**DEFAULT, "equalize": "hist", "acquisition": 0.5},
     "size128": {**DEFAULT, "size": 128},
+    # added to the same screen after its first scores: weight averaging (`--ema`)
+    "ema": {**DEFAULT, "ema": 0.998},
 }
 # Not part of a recipe: the screening runs skip the OOD fit (it changes no weight).
 RUN_FLAGS = {"ood": False}

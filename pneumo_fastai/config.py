@@ -70,6 +70,9 @@ class TrainConfig:
     lr: float = 1e-3  # Peak one-cycle learning rate (layer4 gets lr/10..lr when pretrained).
     wd: float = 1e-2  # Weight decay (decoupled, AdamW style).
     label_smoothing: float = 0.1  # Label smoothing (0 turns it off).
+    # Decay of an exponential moving average of the weights (Polyak averaging), updated after
+    # every step; validation, the best epoch and the export use the average (0: off).
+    ema: float = 0.0
     balanced: bool = True  # Class-balanced sampling of the train loader (fastai's WeightedDL).
     class_weighted_loss: bool = False  # Inverse-frequency class weights in the loss.
     # Start from ImageNet weights and freeze the body up to layer4 (layer4 and the head train).
@@ -153,6 +156,8 @@ class TrainConfig:
             raise ValueError("size must be >= 32 and bs, epochs, patience >= 1")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("label_smoothing must be in [0, 1)")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if not 0.0 < self.target_sensitivity <= 1.0:

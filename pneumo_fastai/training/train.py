@@ -77,6 +77,7 @@ from .ranks import is_main_process
 from .reference import reference_outputs
 from .run import DistributedRun, distributed_run, process_device
 from .sampling import BalancedSamplingCallback, class_weights, train_labels
+from .weight_average import WeightAverage
 
 Log = Callable[[str], None]
 CALIBRATION_METHOD = "temperature scaling: NLL of the validation logits, softmax(logits / T)"
@@ -92,7 +93,7 @@ class TrainResult:
 
 
 def recipe_callbacks(config: TrainConfig) -> list[Callback]:
-    """fastai's MixUp or CutMix and progressive resizing, as the config asks."""
+    """fastai's MixUp or CutMix, progressive resizing and weight averaging, as the config asks."""
     cbs: list[Callback] = []
     if config.mixup:
         cbs.append(MixUp(config.mixup))
@@ -100,6 +101,8 @@ def recipe_callbacks(config: TrainConfig) -> list[Callback]:
         cbs.append(CutMix(config.cutmix))
     if config.progressive:
         cbs.append(ProgressiveResize(config.progressive))
+    if config.ema:
+        cbs.append(WeightAverage(config.ema))
     return cbs
 
 
