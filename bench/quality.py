@@ -83,8 +83,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "acquisition": {**DEFAULT, "acquisition": 0.5},
     "hist+acquisition": {**DEFAULT, "equalize": "hist", "acquisition": 0.5},
     "size128": {**DEFAULT, "size": 128},
-    # added to the same screen after its first scores: weight averaging (`--ema`)
+    # added to the same screen after its first scores: weight averaging, feature-style mixing
     "ema": {**DEFAULT, "ema": 0.998},
+    "mixstyle": {**DEFAULT, "mixstyle": 0.5},
 }
 # Not part of a recipe: the screening runs skip the OOD fit (it changes no weight).
 RUN_FLAGS = {"ood": False}

@@ -107,6 +107,9 @@ class TrainConfig:
     mixup: float = 0.0
     # fastai's CutMix: paste a patch of another image, Beta(alpha, alpha) sized (0: off).
     cutmix: float = 0.0
+    # MixStyle: the share of training batches whose layer1 and layer2 outputs take, per image,
+    # a blend of their own channel statistics and another image's (Zhou et al. 2021; 0: off).
+    mixstyle: float = 0.0
     # Fraction of the epochs trained on half-size batches first, then full size (fastai's
     # progressive resizing, within one one-cycle schedule; 0: off).
     progressive: float = 0.0
@@ -170,6 +173,8 @@ class TrainConfig:
             raise ValueError("mixup and cutmix are alternatives: set one of them")
         if not 0.0 < self.min_scale <= 1.0:
             raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale}")
+        if not 0.0 <= self.mixstyle <= 1.0:
+            raise ValueError(f"mixstyle must be in [0, 1], got {self.mixstyle}")
         if not 0.0 <= self.acquisition <= 1.0:
             raise ValueError(f"acquisition must be in [0, 1], got {self.acquisition}")
         if not 0.0 <= self.blur <= 1.0 or not 0.0 <= self.progressive < 1.0:

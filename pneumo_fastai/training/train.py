@@ -71,6 +71,7 @@ from .export import (
     write_export,
     write_valid_csv,
 )
+from .mixstyle import MixStyle
 from .ood_fit import fit_detector
 from .optimizer import FusedAdam
 from .ranks import is_main_process
@@ -93,12 +94,14 @@ class TrainResult:
 
 
 def recipe_callbacks(config: TrainConfig) -> list[Callback]:
-    """fastai's MixUp or CutMix, progressive resizing and weight averaging, as the config asks."""
+    """MixUp or CutMix, MixStyle, progressive resizing and weight averaging, as asked."""
     cbs: list[Callback] = []
     if config.mixup:
         cbs.append(MixUp(config.mixup))
     if config.cutmix:
         cbs.append(CutMix(config.cutmix))
+    if config.mixstyle:
+        cbs.append(MixStyle(config.mixstyle))
     if config.progressive:
         cbs.append(ProgressiveResize(config.progressive))
     if config.ema:
