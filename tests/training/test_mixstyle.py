@@ -8,9 +8,7 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from torch import nn
 
-from pneumo_fastai.config import TrainConfig
 from pneumo_fastai.training.mixstyle import LAYERS, MixStyle, mix_styles
-from pneumo_fastai.training.train import recipe_callbacks
 
 
 def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,11 +85,3 @@ def test_training_batches_are_mixed_and_validation_and_the_export_are_not(tmp_pa
             plain = body[: LAYERS[1] + 1](xb)
             assert not torch.allclose(stats(got)[0], stats(plain)[0], atol=1e-3)
     assert all(not body[i]._forward_hooks for i in LAYERS), "the hooks live only during fit"
-
-
-def test_the_config_adds_it_only_when_asked():
-    assert not any(isinstance(cb, MixStyle) for cb in recipe_callbacks(TrainConfig()))
-    (cb,) = [c for c in recipe_callbacks(TrainConfig(mixstyle=0.5)) if isinstance(c, MixStyle)]
-    assert cb.p == 0.5
-    with pytest.raises(ValueError, match="mixstyle"):
-        TrainConfig(mixstyle=1.5)

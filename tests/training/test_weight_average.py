@@ -8,9 +8,7 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from torch import nn
 
-from pneumo_fastai.config import TrainConfig
 from pneumo_fastai.training.callbacks import SaveBestModel
-from pneumo_fastai.training.train import recipe_callbacks
 from pneumo_fastai.training.weight_average import WeightAverage
 
 DECAY = 0.9
@@ -83,11 +81,3 @@ def test_the_kept_best_epoch_is_the_average_that_was_validated(tmp_path):
     with learn.no_bar(), learn.no_logging():
         learn.fit(3, 1e-2, cbs=[WeightAverage(DECAY), best, seen])
     torch.testing.assert_close(flat(learn.model), seen.validated[best.best_epoch])
-
-
-def test_the_config_adds_it_only_when_asked():
-    assert not any(isinstance(cb, WeightAverage) for cb in recipe_callbacks(TrainConfig()))
-    (cb,) = [c for c in recipe_callbacks(TrainConfig(ema=0.998)) if isinstance(c, WeightAverage)]
-    assert cb.decay == 0.998
-    with pytest.raises(ValueError, match="ema"):
-        TrainConfig(ema=1.0)
