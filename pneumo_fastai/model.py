@@ -36,7 +36,10 @@ from .figures.epoch_metrics import (
 from .weights import load_body_weights
 
 RESNET34_FEATURES = 512
-STEM_TO_LAYER3 = 7  # children of the fastai ResNet body before layer4
+# Index of each residual stage among the fastai ResNet body's children (`model[0]`); the stem
+# (conv1, bn1, relu, maxpool) is children 0-3.
+BODY_LAYERS: dict[str, int] = {"layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
+STEM_TO_LAYER3 = BODY_LAYERS["layer4"]  # children of the fastai ResNet body before layer4
 
 
 def learner_metrics(n_classes: int = 2) -> list:

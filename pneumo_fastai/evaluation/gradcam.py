@@ -35,11 +35,11 @@ from PIL import Image
 from torch import nn
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
-from ..model import STEM_TO_LAYER3, EnsembleModule
+from ..model import BODY_LAYERS, EnsembleModule
 
-LAYER4 = STEM_TO_LAYER3  # index of layer4, the last layer of the ResNet body (`model[0]`)
+LAYER4 = BODY_LAYERS["layer4"]  # the last layer of the ResNet body (`model[0]`)
 CamLayer = Literal["layer4", "layer3"]
-CAM_LAYERS: dict[str, int] = {"layer4": LAYER4, "layer3": LAYER4 - 1}  # body index of each
+CAM_LAYERS: dict[str, int] = {name: BODY_LAYERS[name] for name in ("layer4", "layer3")}
 CAM_STRIDE: dict[str, int] = {"layer4": 32, "layer3": 16}  # input pixels per grid cell
 # A class index for every image, a tuple of classes explained as one, one class per image
 # (a tensor), or None for PNEUMONIA (every class but the first).

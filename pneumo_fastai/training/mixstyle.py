@@ -15,9 +15,9 @@ import torch
 from fastai.callback.core import Callback
 from torch import nn
 
-from ..model import STEM_TO_LAYER3
+from ..model import BODY_LAYERS
 
-LAYERS = (STEM_TO_LAYER3 - 3, STEM_TO_LAYER3 - 2)  # layer1 and layer2 of the fastai ResNet body
+LAYERS = (BODY_LAYERS["layer1"], BODY_LAYERS["layer2"])  # the body indices the hooks go on
 EPS = 1e-6
 
 
